@@ -1,0 +1,30 @@
+"""cmhash: cross-modal hashing — paper methods, an exact evaluation protocol, Hamming search."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Public names, imported on first use so `import cmhash` stays light (no torch, no scipy).
+_LAZY = {
+    "CrossModalDataset": "cmhash.data.dataset",
+    "make_synthetic": "cmhash.data.synthetic",
+    "PackedCodes": "cmhash.codes",
+    "HashingMethod": "cmhash.methods.base",
+    "HashModel": "cmhash.methods.base",
+    "get_method": "cmhash.methods.registry",
+    "list_methods": "cmhash.methods.registry",
+    "register_method": "cmhash.methods.registry",
+    "mean_average_precision": "cmhash.metrics.ranking",
+    "evaluate": "cmhash.evaluation",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cmhash' has no attribute '{name}'")

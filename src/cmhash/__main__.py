@@ -1,0 +1,3 @@
+from cmhash.cli import main
+
+main()

@@ -1,0 +1,232 @@
+"""The dataset model: paired image/text features with multi-hot labels and named splits.
+
+A :class:`CrossModalDataset` is validated on construction, so everything downstream (methods,
+metrics, the runner) can trust its arrays: 2-D, finite, equal row counts, labels in {0, 1}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+SPLIT_NAMES = ("train", "query", "database")
+MODALITIES = ("image", "text")
+
+
+def _as_features(name: str, x: Any, *, where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # pragma: no cover - numpy gives clear messages itself
+        raise ValueError(f"{where}: '{name}' cannot be read as an array: {exc}") from exc
+    if arr.ndim != 2:
+        raise ValueError(f"{where}: '{name}' must be 2-D (items x features), got shape {arr.shape}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{where}: '{name}' has no feature columns (shape {arr.shape})")
+    if not np.issubdtype(arr.dtype, np.floating):
+        if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+            raise ValueError(f"{where}: '{name}' must be numeric, got dtype {arr.dtype}")
+        arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"{where}: '{name}' contains NaN or inf (first at row {bad[0]}, column {bad[1]})"
+        )
+    return arr
+
+
+def _as_labels(x: Any, *, where: str, allow_empty: bool) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{where}: 'labels' must be 2-D multi-hot (items x classes), got shape {arr.shape}; "
+            "convert class indices with cmhash.data.one_hot"
+        )
+    if arr.shape[1] == 0:
+        raise ValueError(f"{where}: 'labels' has no class columns")
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            raise ValueError(f"{where}: 'labels' contains NaN or inf")
+        values = np.unique(arr)
+        if not np.isin(values, (0, 1)).all():
+            raise ValueError(
+                f"{where}: 'labels' must be multi-hot with values in {{0, 1}}, found {values[:10]}"
+            )
+        arr = arr.astype(np.uint8)
+    elif arr.size and arr.max() > 1:
+        raise ValueError(f"{where}: 'labels' must be multi-hot with values in {{0, 1}}")
+    if not allow_empty:
+        empty = np.flatnonzero(arr.sum(axis=1) == 0)
+        if empty.size:
+            raise ValueError(
+                f"{where}: {empty.size} label rows are empty (first at row {empty[0]}); "
+                "pass allow_empty_labels=True if items without labels are intended"
+            )
+    return arr
+
+
+def one_hot(class_index: np.ndarray, num_classes: int | None = None, *, base: int = 1) -> np.ndarray:
+    """Class indices (``base``-based, e.g. MATLAB's 1..c) to a multi-hot uint8 matrix."""
+    idx = np.asarray(class_index).reshape(-1).astype(np.int64) - base
+    if idx.size and idx.min() < 0:
+        raise ValueError(f"class indices must start at {base}, found {idx.min() + base}")
+    c = int(idx.max()) + 1 if num_classes is None else int(num_classes)
+    if idx.size and idx.max() >= c:
+        raise ValueError(f"class index {idx.max() + base} out of range for {c} classes")
+    out = np.zeros((idx.size, c), dtype=np.uint8)
+    out[np.arange(idx.size), idx] = 1
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class CrossModalDataset:
+    """Paired features of two modalities, multi-hot labels and optional named splits.
+
+    Row ``i`` of ``image``, ``text`` and ``labels`` describe the same item (a pair). ``views``
+    (n x M x d_image) holds optional augmented image views (DEMO). ``splits`` maps
+    ``"train"``, ``"query"``, ``"database"`` to sub-datasets (each a ``CrossModalDataset``).
+    ``info`` carries provenance: source file, checksum, protocol, split seed, scenario.
+    """
+
+    image: np.ndarray
+    text: np.ndarray
+    labels: np.ndarray
+    views: np.ndarray | None = None
+    ids: np.ndarray | None = None
+    name: str = "dataset"
+    splits: Mapping[str, "CrossModalDataset"] = field(default_factory=dict)
+    info: Mapping[str, Any] = field(default_factory=dict)
+    allow_empty_labels: bool = False
+
+    def __post_init__(self) -> None:
+        where = f"dataset '{self.name}'"
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("image", _as_features("image", self.image, where=where))
+        set_("text", _as_features("text", self.text, where=where))
+        set_("labels", _as_labels(self.labels, where=where, allow_empty=self.allow_empty_labels))
+        n = self.image.shape[0]
+        for key in ("text", "labels"):
+            if getattr(self, key).shape[0] != n:
+                raise ValueError(
+                    f"{where}: 'image' has {n} rows but '{key}' has "
+                    f"{getattr(self, key).shape[0]}; every row must be one image-text pair"
+                )
+        if self.views is not None:
+            views = np.asarray(self.views)
+            if views.ndim != 3 or views.shape[0] != n:
+                raise ValueError(
+                    f"{where}: 'views' must be (items x views x features) with {n} items, "
+                    f"got shape {views.shape}"
+                )
+            if not np.issubdtype(views.dtype, np.floating):
+                views = views.astype(np.float64)
+            if not np.isfinite(views).all():
+                raise ValueError(f"{where}: 'views' contains NaN or inf")
+            set_("views", views)
+        if self.ids is not None:
+            ids = np.asarray(self.ids)
+            if ids.shape != (n,):
+                raise ValueError(f"{where}: 'ids' must have shape ({n},), got {ids.shape}")
+            set_("ids", ids)
+        for key, split in self.splits.items():
+            if key not in SPLIT_NAMES:
+                raise ValueError(f"{where}: unknown split '{key}', expected one of {SPLIT_NAMES}")
+            if not isinstance(split, CrossModalDataset):
+                raise ValueError(f"{where}: split '{key}' must be a CrossModalDataset")
+            if split.image.shape[1] != self.image.shape[1] or split.text.shape[1] != self.text.shape[1]:
+                raise ValueError(f"{where}: split '{key}' has different feature dimensions")
+            if split.labels.shape[1] != self.labels.shape[1]:
+                raise ValueError(f"{where}: split '{key}' has a different number of classes")
+        set_("splits", dict(self.splits))
+        set_("info", dict(self.info))
+
+    # ----------------------------------------------------------------- shape
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.shape[1]
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {"image": self.image.shape[1], "text": self.text.shape[1]}
+
+    def features(self, modality: str) -> np.ndarray:
+        """The feature matrix of ``modality`` ("image" or "text")."""
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality '{modality}', expected one of {MODALITIES}")
+        return self.image if modality == "image" else self.text
+
+    # ---------------------------------------------------------------- splits
+    def split(self, name: str) -> "CrossModalDataset":
+        if name not in self.splits:
+            have = sorted(self.splits) or "none"
+            raise KeyError(f"dataset '{self.name}' has no '{name}' split (splits: {have})")
+        return self.splits[name]
+
+    @property
+    def train(self) -> "CrossModalDataset":
+        return self.split("train")
+
+    @property
+    def query(self) -> "CrossModalDataset":
+        return self.split("query")
+
+    @property
+    def database(self) -> "CrossModalDataset":
+        return self.split("database")
+
+    def subset(self, indices: np.ndarray, *, name: str | None = None) -> "CrossModalDataset":
+        """Rows ``indices`` (in that order) as a new dataset without splits."""
+        idx = np.asarray(indices)
+        return CrossModalDataset(
+            image=self.image[idx],
+            text=self.text[idx],
+            labels=self.labels[idx],
+            views=None if self.views is None else self.views[idx],
+            ids=None if self.ids is None else self.ids[idx],
+            name=name or self.name,
+            info=self.info,
+            allow_empty_labels=self.allow_empty_labels,
+        )
+
+    def replace(self, **changes: Any) -> "CrossModalDataset":
+        """A copy with some fields changed (re-validated)."""
+        fields = dict(
+            image=self.image, text=self.text, labels=self.labels, views=self.views, ids=self.ids,
+            name=self.name, splits=self.splits, info=self.info,
+            allow_empty_labels=self.allow_empty_labels,
+        )
+        fields.update(changes)
+        return CrossModalDataset(**fields)
+
+    def with_splits(self, **splits: "CrossModalDataset") -> "CrossModalDataset":
+        return self.replace(splits={**self.splits, **splits})
+
+    # ------------------------------------------------------------ provenance
+    def checksum(self) -> str:
+        """sha256 over the arrays (and those of the splits): identifies the exact data used."""
+        h = hashlib.sha256()
+        for arr in (self.image, self.text, self.labels, self.views):
+            if arr is None:
+                continue
+            a = np.ascontiguousarray(arr)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.data)
+        for key in sorted(self.splits):
+            h.update(key.encode())
+            h.update(self.splits[key].checksum().encode())
+        return h.hexdigest()
+
+    def __repr__(self) -> str:
+        splits = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
+        return (
+            f"CrossModalDataset(name={self.name!r}, n={len(self)}, image_dim={self.image.shape[1]}, "
+            f"text_dim={self.text.shape[1]}, classes={self.num_classes}"
+            + (f", views={self.views.shape[1]}" if self.views is not None else "")
+            + (f", splits: {splits}" if splits else "")
+            + ")"
+        )

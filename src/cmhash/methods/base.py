@@ -1,0 +1,172 @@
+"""The method protocol: ``HashingMethod.fit(train, bits, seed) -> HashModel``.
+
+A method class holds hyper-parameters only; the model it returns holds learned parameters and
+encodes features to packed codes. Shared plumbing lives here: hyper-parameter checking and
+presets, label hiding for unsupervised methods, timing and the run record, and safe save/load.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from cmhash.codes import PackedCodes
+from cmhash.data.dataset import MODALITIES, CrossModalDataset
+from cmhash.io import load_arrays, save_arrays
+from cmhash.progress import Progress
+from cmhash.record import run_record
+
+FORMAT_VERSION = 1
+
+
+class HashModel:
+    """A trained hash model: encodes either modality to packed codes; saveable and loadable.
+
+    Subclasses implement :meth:`encode`, :meth:`state` and :meth:`from_state`; they may override
+    :meth:`database_codes` (e.g. DCGH evaluates against its learned training codes H).
+    """
+
+    method: ClassVar[str] = ""
+
+    def __init__(self, *, bits: int, hparams: dict[str, Any], record: dict[str, Any] | None = None):
+        self.bits = int(bits)
+        self.hparams = dict(hparams)
+        self.record: dict[str, Any] = dict(record or {})
+
+    # ------------------------------------------------------------- encoding
+    def encode(self, modality: str, x: np.ndarray) -> PackedCodes:
+        raise NotImplementedError(f"{type(self).__name__} must implement encode()")
+
+    def database_codes(self, modality: str) -> PackedCodes | None:
+        """Codes to search against instead of encoding the database (None: encode it)."""
+        return None
+
+    @staticmethod
+    def check_input(modality: str, x: np.ndarray, dim: int) -> np.ndarray:
+        """Validate features given to :meth:`encode` (shape and finiteness)."""
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality '{modality}', expected one of {MODALITIES}")
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise ValueError(f"{modality} features must be (n x {dim}), got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"{modality} features contain NaN or inf")
+        return x
+
+    # ---------------------------------------------------------- persistence
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays, JSON-ready config) that :meth:`from_state` turns back into this model."""
+        raise NotImplementedError(f"{type(self).__name__} must implement state()")
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], config: dict[str, Any], **common: Any) -> "HashModel":
+        raise NotImplementedError(f"{cls.__name__} must implement from_state()")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model to ``path`` (a single .npz, atomically; no pickles)."""
+        arrays, config = self.state()
+        meta = {
+            "format": "cmhash-model",
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "bits": self.bits,
+            "hparams": self.hparams,
+            "record": self.record,
+            "config": config,
+        }
+        save_arrays(path, arrays, meta)
+        return Path(path)
+
+    @staticmethod
+    def load(path: str | Path) -> "HashModel":
+        """Load any saved model; the method's registry entry picks the model class."""
+        from cmhash.methods.registry import get_method_class
+
+        arrays, meta = load_arrays(path)
+        if meta.get("format") != "cmhash-model":
+            raise ValueError(f"{path}: not a cmhash model file (format={meta.get('format')!r})")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported model format version {meta.get('format_version')}")
+        cls = get_method_class(meta["method"]).model_class
+        return cls.from_state(
+            arrays, meta["config"], bits=meta["bits"], hparams=meta["hparams"], record=meta["record"]
+        )
+
+
+class HashingMethod:
+    """One per paper. Holds hyper-parameters; :meth:`fit` returns a :class:`HashModel`.
+
+    Subclasses set ``name``, ``supervised``, ``model_class``, ``defaults`` (every
+    hyper-parameter with its default) and optionally ``presets`` (named overrides, e.g. per
+    dataset), and implement :meth:`_fit`.
+    """
+
+    name: ClassVar[str] = ""
+    supervised: ClassVar[bool] = True
+    model_class: ClassVar[type[HashModel]] = HashModel
+    defaults: ClassVar[dict[str, Any]] = {}
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, preset: str | None = None, **hparams: Any):
+        values = dict(self.defaults)
+        if preset is not None:
+            key = preset.lower()
+            if key not in self.presets:
+                raise ValueError(
+                    f"method '{self.name}' has no preset '{preset}' (presets: {sorted(self.presets) or 'none'})"
+                )
+            values.update(self.presets[key])
+        unknown = sorted(set(hparams) - set(self.defaults))
+        if unknown:
+            raise ValueError(
+                f"method '{self.name}' got unknown hyper-parameter(s) {unknown}; "
+                f"known: {sorted(self.defaults)}"
+            )
+        values.update(hparams)
+        self.preset = preset
+        self.hparams: dict[str, Any] = values
+
+    def fit(
+        self,
+        train: CrossModalDataset,
+        bits: int,
+        *,
+        seed: int = 0,
+        progress: Progress | None = None,
+    ) -> HashModel:
+        """Train on ``train`` and return a model that encodes to ``bits``-bit codes.
+
+        Unsupervised methods never see the labels: they receive a copy with the labels removed.
+        """
+        if not isinstance(train, CrossModalDataset):
+            raise TypeError(f"train must be a CrossModalDataset, got {type(train).__name__}")
+        if int(bits) != bits or bits < 1:
+            raise ValueError(f"bits must be a positive integer, got {bits!r}")
+        data = train if self.supervised else without_labels(train)
+        start = time.perf_counter()
+        model = self._fit(data, int(bits), seed=int(seed), progress=progress)
+        wall = time.perf_counter() - start
+        model.record = {
+            **run_record(
+                method=self.name, hparams=self.hparams, bits=bits, seed=seed, dataset=train,
+                wall_time_s=wall, preset=self.preset,
+            ),
+            **model.record,
+        }
+        return model
+
+    def _fit(self, train: CrossModalDataset, bits: int, *, seed: int, progress: Progress | None) -> HashModel:
+        raise NotImplementedError(f"{type(self).__name__} must implement _fit()")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.hparams.items())})"
+
+
+def without_labels(data: CrossModalDataset) -> CrossModalDataset:
+    """The dataset with every label set to zero (what unsupervised methods are given)."""
+    return data.replace(
+        labels=np.zeros((len(data), 1), dtype=np.uint8), splits={}, allow_empty_labels=True
+    )
