@@ -14,6 +14,12 @@ from cmhash.methods.base import HashingMethod
 # name -> module that defines (and registers) it; imported lazily.
 _BUILTIN: dict[str, str] = {
     "cca-itq": "cmhash.methods.cca_itq",
+    "dcgh": "cmhash.methods.dcgh",
+    "deep-baseline": "cmhash.methods.deep_baseline",
+    "idgh": "cmhash.methods.idgh",
+    "dghdgh": "cmhash.methods.dghdgh",
+    "demo": "cmhash.methods.demo",
+    "hint": "cmhash.methods.hint",
 }
 
 _REGISTRY: dict[str, type[HashingMethod]] = {}
