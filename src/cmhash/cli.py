@@ -80,6 +80,71 @@ def methods_cmd() -> None:
 # ----------------------------------------------------------- experiments (run / report)
 
 
+@app.command("run")
+def run_cmd(
+    config: str = typer.Argument(..., help="experiment config (TOML), e.g. configs/synthetic.toml"),
+    out: Optional[str] = typer.Option(None, "--out", help="results folder (default: results/<experiment name>)"),
+    jobs: int = typer.Option(1, "--jobs", help="cells run in parallel (processes)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and which are finished, run nothing"),
+) -> None:
+    """Fill a config's grid of runs; re-running skips finished cells (safe to interrupt)."""
+    from cmhash.experiments.config import ConfigError, load_config, method_availability
+    from cmhash.experiments.runner import run_grid, unique_cells
+    from cmhash.experiments.store import ResultsStore, StoreLocked
+    from cmhash.progress import ConsoleProgress
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    if jobs < 1:
+        fail(f"--jobs must be >= 1, got {jobs}")
+    results = out or f"results/{cfg.name}"
+    cells = unique_cells(cfg)
+    store = ResultsStore(results)
+    finished = sum(store.has(c.key) for c in cells)
+    console.print(f"{cfg.name}: {len(cells)} cells, {finished} finished, results in {results}")
+    for name in sorted({c.method.name for c in cells}):
+        why = method_availability(name)
+        if why is not None:
+            console.print(f"[yellow]warning:[/] method '{name}' is not available ({why}); its cells will fail")
+    if dry_run:
+        for c in cells:
+            console.print(f"  {'done ' if store.has(c.key) else 'to do'}  {c.key}  {c.describe()}")
+        return
+    try:
+        summary = run_grid(cfg, results, jobs=jobs, progress=ConsoleProgress())
+    except StoreLocked as exc:
+        fail(str(exc))
+    console.print(
+        f"done {summary.done}, skipped {summary.skipped} (already finished), failed {len(summary.failed)} "
+        f"of {summary.total} cells in {summary.wall_time_s:.1f} s"
+    )
+    for what, error in summary.failed:
+        console.print(f"[red]failed:[/] {what}: {error}")
+    if summary.failed:
+        console.print(f"tracebacks in {results}/failed/; re-run the same command to retry")
+        raise typer.Exit(1)
+    console.print(f"next: cmhash report {results}")
+
+
+@app.command("report")
+def report_cmd(
+    results: str = typer.Argument(..., help="results folder written by `cmhash run`"),
+    out: Optional[str] = typer.Option(None, "--out", help="report folder (default: RESULTS/report)"),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="draw the figures (matplotlib)"),
+) -> None:
+    """Write markdown + CSV tables and figures (PNG + SVG) for a results folder."""
+    from cmhash.experiments.config import ConfigError
+    from cmhash.experiments.report import write_report
+
+    try:
+        path = write_report(results, out, figures=figures)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"report: {path}")
+
+
 def _parse_ints(text: str, name: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

@@ -1,0 +1,246 @@
+"""Fill a config's grid: skip finished cells, run the rest (in parallel processes with jobs > 1).
+
+Only the parent process writes the store, one complete record per cell, so a kill at any moment
+leaves finished cells intact and nothing half-written; the next run does the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+import os
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from cmhash.data.dataset import CrossModalDataset
+from cmhash.experiments.config import ExperimentConfig, method_availability
+from cmhash.experiments.grid import Cell, expand
+from cmhash.experiments.measure import measure
+from cmhash.experiments.store import ResultsStore
+from cmhash.progress import Progress, ensure_progress
+
+# Scenario axis -> function in cmhash.data.scenarios: f(dataset, value, *, seed, **params).
+SCENARIO_FUNCTIONS = {
+    "partial_pairing": "partial_pairing",
+    "label_noise": "label_noise",
+    "long_tail": "long_tail",
+    "corrupted_pairs": "corrupted_pairs",
+}
+
+
+@dataclass
+class RunSummary:
+    total: int
+    skipped: int
+    done: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and self.skipped + self.done == self.total
+
+
+def unique_cells(config: ExperimentConfig) -> list[Cell]:
+    """The grid without repeated keys (the same spec under two labels runs once)."""
+    out: dict[str, Cell] = {}
+    for cell in expand(config):
+        out.setdefault(cell.key, cell)
+    return list(out.values())
+
+
+def run_grid(
+    config: ExperimentConfig,
+    out: str | os.PathLike,
+    *,
+    jobs: int = 1,
+    progress: Progress | None = None,
+    on_record: Callable[[Cell, dict[str, Any]], None] | None = None,
+) -> RunSummary:
+    """Run every unfinished cell of ``config`` into the results folder ``out``."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    progress = ensure_progress(progress)
+    store = ResultsStore(out)
+    cells = unique_cells(config)
+    start = time.perf_counter()
+    with store.lock():
+        store.remove_stray_temps()
+        store.save_config({"source": str(config.path) if config.path else None, "config": config.raw})
+        todo = [c for c in cells if not store.has(c.key)]
+        summary = RunSummary(total=len(cells), skipped=len(cells) - len(todo))
+        progress.start(len(cells), f"{config.name}")
+        if summary.skipped:
+            progress.advance(summary.skipped)
+        for cell, result in _execute(todo, jobs):
+            if "error" in result:
+                store.write_failure(cell.key, {"cell": cell.spec(), "label": cell.method.label, **result})
+                summary.failed.append((cell.describe(), result["error"]))
+                progress.log(f"FAILED {cell.describe()}: {result['error']}")
+            else:
+                store.write(cell.key, result)
+                summary.done += 1
+                if on_record is not None:
+                    on_record(cell, result)
+            progress.advance(1)
+        progress.close()
+        summary.wall_time_s = round(time.perf_counter() - start, 3)
+        store.log_run({"config": config.name, "jobs": jobs, "total": summary.total,
+                       "skipped": summary.skipped, "done": summary.done, "failed": len(summary.failed),
+                       "wall_time_s": summary.wall_time_s, "cpus": os.cpu_count()})
+    return summary
+
+
+def _execute(cells: list[Cell], jobs: int) -> Iterator[tuple[Cell, dict[str, Any]]]:
+    if jobs == 1 or len(cells) <= 1:
+        for cell in cells:
+            yield cell, run_cell_safely(cell)
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with _thread_env(threads):  # inherited by the spawned workers before they import numpy
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+            pending = {pool.submit(run_cell_safely, cell): cell for cell in cells}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    yield pending.pop(fut), fut.result()
+
+
+@contextmanager
+def _thread_env(threads: int) -> Iterator[None]:
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+    old = {k: os.environ.get(k) for k in names}
+    os.environ.update({k: str(threads) for k in names})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _init_worker(threads: int) -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------ one cell
+
+
+def run_cell_safely(cell: Cell) -> dict[str, Any]:
+    """:func:`run_cell`, with an exception turned into ``{"error": ..., "traceback": ...}``."""
+    try:
+        return run_cell(cell)
+    except Exception as exc:  # one bad cell must not stop the grid; it is reported and retried
+        return {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """Build the cell's data, train, measure; return the record (the store adds the key)."""
+    from cmhash.methods.registry import get_method
+
+    missing = method_availability(cell.method.name)
+    if missing is not None:
+        raise RuntimeError(f"method '{cell.method.name}' is not available here ({missing})")
+    data = cell_data(cell)
+    hparams = dict(cell.method.hparams)
+    if "batch_size" in dict(cell.scenario):
+        hparams["batch_size"] = dict(cell.scenario)["batch_size"]
+    method = get_method(cell.method.name, preset=cell.method.preset, **hparams)
+    model = method.fit(data.train, cell.bits, seed=cell.seed)
+    measured = measure(model, data, cell.evaluation, seed=cell.seed)
+    return {
+        "cell": cell.spec(),
+        "label": cell.method.label,
+        "dataset_label": cell.dataset.label,
+        "record": model.record,
+        "data": {"checksum": data.checksum(), "info": _jsonable(data.info),
+                 "train": len(data.train), "query": len(data.query), "database": len(data.database)},
+        **measured,
+    }
+
+
+def cell_data(cell: Cell) -> CrossModalDataset:
+    """The cell's dataset: the base benchmark with the cell's scenario applied to its train split."""
+    data = base_dataset(cell.dataset)
+    for axis, value in cell.scenario:
+        params = dict(dict(cell.scenario_params).get(axis, ()))
+        if axis == "train_size":
+            data = subsample_train(data, int(value), seed=cell.seed)
+        elif axis in SCENARIO_FUNCTIONS:
+            data = _scenario_function(axis)(data, value, seed=cell.seed, **params)
+    return data
+
+
+@lru_cache(maxsize=4)
+def _base_cached(spec_items: tuple) -> CrossModalDataset:
+    spec = dict(spec_items)
+    if spec["name"] == "synthetic":
+        from cmhash.data.synthetic import make_synthetic
+
+        return make_synthetic(**dict(spec["params"]), seed=spec["split_seed"])
+    try:
+        protocols = importlib.import_module("cmhash.data.protocols")
+    except ImportError as exc:
+        raise RuntimeError(
+            f"dataset '{spec['name']}' needs cmhash.data.protocols, which is not installed here ({exc})"
+        ) from exc
+    return protocols.load_dataset(spec["name"], protocol=spec["protocol"], seed=spec["split_seed"])
+
+
+def base_dataset(spec) -> CrossModalDataset:
+    """The dataset a :class:`DatasetSpec` names (cached per process: cells share it)."""
+    return _base_cached((("name", spec.name), ("protocol", spec.protocol),
+                         ("split_seed", spec.split_seed), ("params", tuple(sorted(spec.params.items())))))
+
+
+def _scenario_function(axis: str) -> Callable[..., CrossModalDataset]:
+    try:
+        module = importlib.import_module("cmhash.data.scenarios")
+    except ImportError as exc:
+        raise RuntimeError(f"scenario '{axis}' needs cmhash.data.scenarios ({exc})") from exc
+    return getattr(module, SCENARIO_FUNCTIONS[axis])
+
+
+def subsample_train(data: CrossModalDataset, n: int, *, seed: int) -> CrossModalDataset:
+    """Keep ``n`` training pairs drawn with ``seed``; where the database is the training set
+    (the DCGH protocol) it shrinks with it, so methods that search their own training codes
+    still can."""
+    train = data.train
+    if n > len(train):
+        raise ValueError(f"train_size {n} is larger than the training split ({len(train)} pairs)")
+    idx = np.sort(np.random.default_rng(seed).choice(len(train), size=n, replace=False))
+    small = train.subset(idx, name=f"{train.name}[{n}]")
+    small = small.replace(info={**train.info, "train_size": n, "train_size_seed": seed})
+    splits = {"train": small}
+    if "database" in data.splits and data.database.checksum() == train.checksum():
+        splits["database"] = small
+    return data.with_splits(**splits)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return repr(obj)
