@@ -3,6 +3,7 @@
 from cmhash.data.dataset import CrossModalDataset, one_hot
 from cmhash.data.protocols import BENCHMARKS, PROTOCOLS, load_dataset
 from cmhash.data.readers import read_source
+from cmhash.data.scenarios import SCENARIOS, apply_scenario
 from cmhash.data.synthetic import make_synthetic
 
 __all__ = [
@@ -13,4 +14,6 @@ __all__ = [
     "read_source",
     "BENCHMARKS",
     "PROTOCOLS",
+    "SCENARIOS",
+    "apply_scenario",
 ]
