@@ -220,3 +220,15 @@ def test_cli_datasets_lists_roots_benchmarks_and_found_files(tmp_path, monkeypat
     for name in [*BENCHMARKS, *PROTOCOLS]:
         assert name in result.output
     assert result.output.count("not found") == len(BENCHMARKS) - 1
+
+
+def test_items_without_labels_need_the_flag(tmp_path):
+    path = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    labels = np.eye(3, dtype=np.uint8)[np.arange(2100) % 3]
+    labels[7] = 0
+    np.savez(path, image=rng.random((2100, 2)), text=rng.random((2100, 2)), labels=labels)
+    with pytest.raises(ValueError, match=r"d\.npz: part 'all'.*1 label rows are empty \(first at row 7\)"):
+        load_dataset(path, "ucch", benchmark="mirflickr")
+    data = load_dataset(path, "ucch", benchmark="mirflickr", allow_empty_labels=True)
+    assert data.train.labels[7].sum() == 0 and len(data.query) == 2000

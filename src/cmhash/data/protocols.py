@@ -161,6 +161,7 @@ def load_dataset(
     *,
     benchmark: str | None = None,
     allow_pickle: bool = False,
+    allow_empty_labels: bool = False,
 ) -> CrossModalDataset:
     """Load a benchmark by name (``"wiki"``, ``"mirflickr"``, ...) or from file path(s) and split it.
 
@@ -169,14 +170,14 @@ def load_dataset(
     benchmark that ships a query part. ``benchmark`` names the benchmark of a file given by
     path when its name does not say it (needed for ``dcgh`` / ``ucch`` query counts).
     ``seed`` drives every random draw. ``allow_pickle`` must be True to read pickles
-    (unpickling runs code). Returns the whole item pool with ``train``, ``query`` and
+    (unpickling runs code); ``allow_empty_labels`` accepts items without labels. Returns the whole item pool with ``train``, ``query`` and
     ``database`` splits.
     """
     files, bench = _locate(name_or_path, benchmark)
     if protocol is not None and protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
     display = bench.name if bench else files[0].stem
-    source = read_source(files, allow_pickle=allow_pickle, name=display)
+    source = read_source(files, allow_pickle=allow_pickle, allow_empty_labels=allow_empty_labels, name=display)
     if protocol is None:
         if bench is not None:
             protocol = bench.default_protocol
@@ -188,7 +189,7 @@ def load_dataset(
                 f"one of {', '.join(PROTOCOLS)} (and benchmark= for dcgh/ucch query counts)"
             )
     pool, ranges = source.pool()
-    query, train, database, how = _split(protocol, source, bench, ranges, len(pool), seed)
+    query, train, database, how = _split(protocol, source, bench, pool, ranges, seed)
     info = {
         "benchmark": bench.name if bench else None,
         "protocol": protocol,
@@ -251,12 +252,13 @@ def _split(
     protocol: str,
     source: Source,
     bench: Benchmark | None,
+    pool: CrossModalDataset,
     ranges: dict[str, tuple[int, int]],
-    n: int,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(query, train, database) row indices into the pool, and a sentence saying how."""
     rng = np.random.default_rng(seed)
+    n = len(pool)
     layout = source.layout
     where = f"{source.files[0]} ({bench.name if bench else 'unknown benchmark'})"
 
@@ -264,7 +266,7 @@ def _split(
         if name in ranges:
             return np.arange(*ranges[name])
         # a part outside the pool (the pickle layout's train): locate its rows in the pool
-        return _match_rows(source.parts[name], source, ranges, where)
+        return _match_rows(source.parts[name], pool, where)
 
     if protocol == "shipped":
         if layout.query is None:
@@ -323,11 +325,8 @@ def _split(
     raise ValueError(f"unknown protocol '{protocol}'")  # pragma: no cover - checked by the caller
 
 
-def _match_rows(
-    sub: CrossModalDataset, source: Source, ranges: dict[str, tuple[int, int]], where: str
-) -> np.ndarray:
+def _match_rows(sub: CrossModalDataset, pool: CrossModalDataset, where: str) -> np.ndarray:
     """Rows of the pool equal to each row of ``sub`` (image, text and labels all equal)."""
-    pool, _ = source.pool()
     keys = {_row_key(pool, i): i for i in range(len(pool))}
     rows = []
     for i in range(len(sub)):
@@ -342,7 +341,10 @@ def _match_rows(
 
 
 def _row_key(ds: CrossModalDataset, i: int) -> bytes:
-    return ds.image[i].tobytes() + b"|" + ds.text[i].tobytes() + b"|" + ds.labels[i].tobytes()
+    h = hashlib.blake2b(digest_size=16)  # a short key: pools reach 200,000 rows of 1,000 floats
+    for arr in (ds.image, ds.text, ds.labels):
+        h.update(np.ascontiguousarray(arr[i]).tobytes())
+    return h.digest()
 
 
 def describe() -> list[dict[str, Any]]:

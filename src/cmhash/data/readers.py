@@ -308,9 +308,16 @@ def detect_layout(keys: Sequence[str], where: str) -> Layout:
 
 
 def read_source(
-    paths: PathLike | Sequence[PathLike], *, allow_pickle: bool = False, name: str | None = None
+    paths: PathLike | Sequence[PathLike],
+    *,
+    allow_pickle: bool = False,
+    allow_empty_labels: bool = False,
+    name: str | None = None,
 ) -> Source:
-    """Read one file or several (their keys are merged) into a :class:`Source`."""
+    """Read one file or several (their keys are merged) into a :class:`Source`.
+
+    ``allow_empty_labels`` accepts items without any label (refused by default).
+    """
     files = (Path(paths),) if isinstance(paths, (str, os.PathLike)) else tuple(Path(p) for p in paths)
     if not files:
         raise ValueError("no files given")
@@ -334,7 +341,8 @@ def read_source(
         keys = layout.parts[part]
         try:
             parts[part] = CrossModalDataset(
-                image=_dense(image), text=_dense(text), labels=labels[part], name=f"{name}/{part}"
+                image=_dense(image), text=_dense(text), labels=labels[part], name=f"{name}/{part}",
+                allow_empty_labels=allow_empty_labels,
             )
         except ValueError as exc:
             raise ValueError(
