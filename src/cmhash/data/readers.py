@@ -122,6 +122,8 @@ class Source:
             start = stop
         chosen = [self.parts[name] for name in self.layout.pool]
         first = chosen[0]
+        if len(chosen) == 1:  # no copy of a large single-part file
+            return first.replace(name=first.name.split("/")[0]), ranges
         pooled = CrossModalDataset(
             image=np.concatenate([p.image for p in chosen]),
             text=np.concatenate([p.text for p in chosen]),
