@@ -281,3 +281,11 @@ def test_layout_keys_are_distinct_per_layout():
     assert len(names) == len(set(names))
     for layout in LAYOUTS:
         assert set(layout.pool) <= set(layout.parts)
+
+
+@pytest.mark.parametrize("name", ["garbage.mat", "garbage.h5", "garbage.npz"])
+def test_garbage_files_give_clear_errors(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')}: cannot read"):
+        read_source(path)

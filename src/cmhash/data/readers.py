@@ -244,6 +244,8 @@ def _matlab_sparse(group: Any) -> np.ndarray:
 
 
 def _read_npz(path: Path) -> dict[str, Any]:
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle
+        raise ValueError(f"{path}: cannot read as .npz: not a zip archive (corrupt or truncated?)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
