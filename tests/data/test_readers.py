@@ -289,3 +289,10 @@ def test_garbage_files_give_clear_errors(tmp_path, name):
     path.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')}: cannot read"):
         read_source(path)
+
+
+def test_npz_with_object_arrays_is_refused(tmp_path):
+    path = tmp_path / "obj.npz"
+    np.savez(path, image=np.array([np.ones(2), "x"], dtype=object))
+    with pytest.raises(ValueError, match=r"obj\.npz: holds object arrays"):
+        read_source(path)
