@@ -65,6 +65,7 @@ def test_shipped_configs_load(path):
         ("[scenarios]\ntrain_size = ['all', -3]\n", "scenarios.train_size[1]", "positive integer"),
         ("[scenarios]\nlabel_nose = [0.2]\n", "scenarios.label_nose", "unknown key"),
         ("[scenarios]\nlong_tail = { values = [10], head = 2 }\n", "scenarios.long_tail.head", "unknown key"),
+        ("[scenarios]\nlong_tail = [1, 10]\n", "scenarios.long_tail.head_size", "missing"),
         ("[scenarios]\nlabel_noise = [0.2, 0.2]\n", "scenarios.label_noise", "repeat"),
         ("[report]\nfigures = ['pie']\n", "report.figures[0]", "unknown figure"),
         ("[[report.tables]]\ncolumns = 'bits'\n", "report.tables[0].title", "missing"),

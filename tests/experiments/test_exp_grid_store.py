@@ -21,7 +21,7 @@ def config(**over):
         "methods": [{"name": "cca-itq", "label": "A"},
                     {"name": "cca-itq", "label": "B", "hparams": {"itq_iters": 3}, "bits": [12]}],
         "grid": {"bits": [8, 24], "seeds": [0, 1, 2]},
-        "scenarios": {"label_noise": [0.0, 0.2], "long_tail": {"values": [1, 10], "head_classes": 2}},
+        "scenarios": {"label_noise": [0.0, 0.2], "long_tail": {"values": [1, 10], "head_size": 2}},
     }
     raw.update(over)
     return parse_config(raw, source="test")
@@ -38,7 +38,7 @@ def test_expand_counts_and_order():
     assert {c.bits for c in cells if c.method.label == "B"} == {12}
     noisy_tail = [c for c in cells if dict(c.scenario) == {"label_noise": 0.2, "long_tail": 10.0}]
     assert len(noisy_tail) == 2 * 3 * 3
-    assert all(dict(c.scenario_params) == {"long_tail": (("head_classes", 2),)} for c in noisy_tail)
+    assert all(dict(c.scenario_params) == {"long_tail": (("head_size", 2),)} for c in noisy_tail)
     # clean axes are not part of the spec: a clean cell hashes the same with or without the axes
     clean = next(c for c in cells if c.scenario == () and c.method.label == "A" and c.bits == 8)
     plain = expand(config(scenarios={}))

@@ -43,7 +43,7 @@ SCENARIO_AXES: dict[str, Any] = {
 SCENARIO_PARAMS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "partial_pairing": {},
     "label_noise": {},
-    "long_tail": {"head_classes": int},
+    "long_tail": {"head_size": int, "order": str},
     "corrupted_pairs": {},
     "train_size": {},
     "batch_size": {},
@@ -348,6 +348,10 @@ def _parse_axis(v: "_Validator", name: str, spec: Any) -> ScenarioAxis:
             out.append(int(val))
     if len(set(map(str, out))) != len(out):
         v.fail(where, f"values repeat: {values!r}")
+    if name == "long_tail" and any(val != clean for val in out) and "head_size" not in params:
+        v.fail(f"{where}.head_size",
+               "missing: the long tail needs head_size (d_h, training items of the head class): "
+               "long_tail = { values = [...], head_size = ... }")
     return ScenarioAxis(name=name, values=tuple(out), params=params)
 
 

@@ -1,5 +1,8 @@
 """Figures of a results store (matplotlib, PNG + SVG), averaged over seeds.
 
+Curves, P@H<=2 and t-SNE are drawn on clean data (no scenario), as in the papers; scenarios
+show in ``map_scenario``. Per-bits figures use ``report.curve_bits`` (default: the largest).
+
 - ``pr_lookup``: precision-recall by Hamming radius (hash lookup), one line per method
 - ``pr_ranking``: precision-recall by Hamming ranking, on a recall grid
 - ``topn``: precision@N and recall@N curves
@@ -94,9 +97,14 @@ def _mean_curve(records: list[dict], direction: str, kind: str, x: str, y: str) 
     curves = [c for c in curves if c]
     if not curves:
         return None
-    xs = np.asarray(curves[0][x], dtype=float)
-    ys = [np.asarray(c[y], dtype=float) for c in curves if len(c[y]) == len(xs)]
+    xs = _floats(curves[0][x])
+    ys = [_floats(c[y]) for c in curves if len(c[y]) == len(xs)]
     return xs, np.mean(ys, axis=0)
+
+
+def _floats(values: list) -> np.ndarray:
+    """A stored curve as floats (null, an undefined point, becomes NaN and is not drawn)."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
 # ------------------------------------------------------------------------ curve figures
@@ -115,12 +123,12 @@ def _curve_figures(name: str, config: ExperimentConfig, entries: list, out: Path
     bits = _curve_bits(config, entries)
     made: list[Path] = []
     groups: dict[tuple, list] = defaultdict(list)
-    for e in entries:
-        if e.cell.bits == bits:
+    for e in entries:  # clean data (the papers' curves); scenarios show in map_scenario
+        if e.cell.bits == bits and not e.cell.scenario:
             groups[(e.cell.dataset.label, _scenario_key(e))].append(e)
     for (dataset, scen), group in groups.items():
         panels = CURVES[name]
-        fig, axes = plt.subplots(len(panels), 2, figsize=(10, 4 * len(panels)), squeeze=False)
+        fig, axes = plt.subplots(len(panels), 2, figsize=(10, 4 * len(panels)), squeeze=False, layout="constrained")
         drawn = False
         for row, (kind, xk, yk, xlabel, ylabel, title) in enumerate(panels):
             for col, (direction, dir_title) in enumerate(DIRS):
@@ -166,7 +174,7 @@ def _metric_lines(entries: list, x_of: Callable[[Any], Any], metric: Callable[[d
 def _line_panels(lines_by_dir: dict[str, dict], xlabel: str, ylabel: str, title: str, xlog: bool = False):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(lines_by_dir), figsize=(5 * len(lines_by_dir), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(lines_by_dir), figsize=(5 * len(lines_by_dir), 4), squeeze=False, layout="constrained")
     for ax, (dir_title, lines) in zip(axes[0], lines_by_dir.items()):
         for label, pts in lines.items():
             xs, ms, ss = (np.array([p[i] for p in pts], dtype=float) for i in range(3))
@@ -190,7 +198,8 @@ def _p_h2_bits(name, config, entries, out) -> list[Path]:
     made = []
     groups: dict[tuple, list] = defaultdict(list)
     for e in entries:
-        groups[(e.cell.dataset.label, _scenario_key(e))].append(e)
+        if not e.cell.scenario:
+            groups[(e.cell.dataset.label, _scenario_key(e))].append(e)
     for (dataset, scen), group in groups.items():
         lines = {t: _metric_lines(group, lambda e: e.cell.bits,
                                   lambda r, d=d: _pct(r["metrics"][d].get("p_at_h2"))) for d, t in DIRS}
@@ -271,7 +280,7 @@ def _lambda(name, config, entries, out) -> list[Path]:
     for (dataset, label, bits), arrs in curves.items():
         by_dataset[dataset].append((label, bits, arrs))
     for dataset, items in by_dataset.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
         for label, bits, arrs in items:
             n = min(len(a) for a in arrs)
             ax.plot(np.arange(1, n + 1), np.mean([a[:n] for a in arrs], axis=0), label=f"{label} {bits} bits")
@@ -308,7 +317,7 @@ def _tsne(name, config, entries, out) -> list[Path]:
         emb = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (2 * n - 1) / 3)), init="pca",
                    random_state=0, metric="hamming", max_iter=500, n_jobs=1).fit_transform(x)
         classes = np.array([lab[0] if lab else -1 for lab in sample["labels"]] * 2)
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 5))
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
         a1.scatter(emb[:n, 0], emb[:n, 1], s=9, c="tab:red", label="image", alpha=0.7)
         a1.scatter(emb[n:, 0], emb[n:, 1], s=9, c="tab:green", label="text", alpha=0.7)
         a1.set_title("coloured by modality")

@@ -68,7 +68,7 @@ def metric_value(record: dict[str, Any], metric: str) -> float | None:
         return None if values.get("p_at_h2") is None else 100.0 * values["p_at_h2"]
     if name == "fisher":
         fisher = values.get("fisher")
-        return None if fisher is None else 100.0 * fisher["mean"]
+        return None if fisher is None or fisher.get("mean") is None else 100.0 * fisher["mean"]
     raise KeyError(metric)
 
 

@@ -6,7 +6,6 @@ leaves finished cells intact and nothing half-written; the next run does the res
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing
 import os
 import time
@@ -20,19 +19,21 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from cmhash.data import scenarios
 from cmhash.data.dataset import CrossModalDataset
+from cmhash.data.protocols import load_dataset
 from cmhash.experiments.config import ExperimentConfig, method_availability
 from cmhash.experiments.grid import Cell, expand
 from cmhash.experiments.measure import measure
 from cmhash.experiments.store import ResultsStore
 from cmhash.progress import Progress, ensure_progress
 
-# Scenario axis -> function in cmhash.data.scenarios: f(dataset, value, *, seed, **params).
+# Scenario axis -> (function of cmhash.data.scenarios, the keyword that takes the axis value).
 SCENARIO_FUNCTIONS = {
-    "partial_pairing": "partial_pairing",
-    "label_noise": "label_noise",
-    "long_tail": "long_tail",
-    "corrupted_pairs": "corrupted_pairs",
+    "partial_pairing": (scenarios.partial_pairing, "unpaired"),
+    "label_noise": (scenarios.label_noise, "rate"),
+    "long_tail": (scenarios.long_tail, "imbalance_factor"),
+    "corrupted_pairs": (scenarios.corrupted_pairs, "rate"),
 }
 
 
@@ -105,9 +106,11 @@ def _execute(cells: list[Cell], jobs: int) -> Iterator[tuple[Cell, dict[str, Any
             yield cell, run_cell_safely(cell)
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with _thread_env(threads):  # inherited by the spawned workers before they import numpy
+    # The thread limits are inherited by the spawned workers before they import numpy or torch
+    # (torch reads OMP_NUM_THREADS at import), so `jobs` workers share the cores.
+    with _thread_env(threads):
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
             pending = {pool.submit(run_cell_safely, cell): cell for cell in cells}
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -128,14 +131,6 @@ def _thread_env(threads: int) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _init_worker(threads: int) -> None:
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(threads)
 
 
 # ------------------------------------------------------------------------ one cell
@@ -181,8 +176,9 @@ def cell_data(cell: Cell) -> CrossModalDataset:
         params = dict(dict(cell.scenario_params).get(axis, ()))
         if axis == "train_size":
             data = subsample_train(data, int(value), seed=cell.seed)
-        elif axis in SCENARIO_FUNCTIONS:
-            data = _scenario_function(axis)(data, value, seed=cell.seed, **params)
+        else:
+            function, keyword = SCENARIO_FUNCTIONS[axis]
+            data = function(data, seed=cell.seed, **{keyword: value}, **params)
     return data
 
 
@@ -193,13 +189,7 @@ def _base_cached(spec_items: tuple) -> CrossModalDataset:
         from cmhash.data.synthetic import make_synthetic
 
         return make_synthetic(**dict(spec["params"]), seed=spec["split_seed"])
-    try:
-        protocols = importlib.import_module("cmhash.data.protocols")
-    except ImportError as exc:
-        raise RuntimeError(
-            f"dataset '{spec['name']}' needs cmhash.data.protocols, which is not installed here ({exc})"
-        ) from exc
-    return protocols.load_dataset(spec["name"], protocol=spec["protocol"], seed=spec["split_seed"])
+    return load_dataset(spec["name"], protocol=spec["protocol"], seed=spec["split_seed"])
 
 
 def base_dataset(spec) -> CrossModalDataset:
@@ -208,18 +198,13 @@ def base_dataset(spec) -> CrossModalDataset:
                          ("split_seed", spec.split_seed), ("params", tuple(sorted(spec.params.items())))))
 
 
-def _scenario_function(axis: str) -> Callable[..., CrossModalDataset]:
-    try:
-        module = importlib.import_module("cmhash.data.scenarios")
-    except ImportError as exc:
-        raise RuntimeError(f"scenario '{axis}' needs cmhash.data.scenarios ({exc})") from exc
-    return getattr(module, SCENARIO_FUNCTIONS[axis])
-
-
 def subsample_train(data: CrossModalDataset, n: int, *, seed: int) -> CrossModalDataset:
-    """Keep ``n`` training pairs drawn with ``seed``; where the database is the training set
-    (the DCGH protocol) it shrinks with it, so methods that search their own training codes
-    still can."""
+    """Keep ``n`` training pairs drawn with ``seed``.
+
+    Where the database is the training set (the ``dcgh`` protocol) it shrinks with it, so the
+    protocol "database = training set" still holds (and DCGH can search its learned codes);
+    the scenarios of cmhash.data.scenarios, by contrast, change the training data only.
+    """
     train = data.train
     if n > len(train):
         raise ValueError(f"train_size {n} is larger than the training split ({len(train)} pairs)")
