@@ -10,7 +10,7 @@ show in ``map_scenario``. Per-bits figures use ``report.curve_bits`` (default: t
 - ``map_scenario``: mAP against scenario strength (DCGH Fig. 4, IDGH Table 3 / Fig. 5, HINT Table 6)
 - ``tsne``: t-SNE of codes coloured by modality and by class (DCGH Fig. 9, DEMO Fig. 5, HINT Fig. 7)
 - ``train_time``: training time against training-set size (DCGH Fig. 8)
-- ``lambda``: HINT's lambda during training (HINT Fig. 5), from ``record["lambda_curve"]``
+- ``lambda``: HINT's lambda during training (HINT Fig. 5), from ``record["hint"]["lambda_per_epoch"]``
 
 Each figure is made only where the records hold what it needs; the list of files written is returned.
 """
@@ -267,28 +267,40 @@ def _train_time(name, config, entries, out) -> list[Path]:
     return made
 
 
+def lambda_curve(record: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """HINT's lambda per epoch from a run record: ``record["hint"]["lambda_per_epoch"]`` is a
+    list of ``{"epoch": e, "image": mean lambda, "text": mean lambda}`` (cmhash.methods.hint)."""
+    rows = (record.get("hint") or {}).get("lambda_per_epoch") or []
+    if not rows:
+        return None
+    return {k: np.array([r[k] for r in rows], dtype=float) for k in ("epoch", "image", "text")}
+
+
 def _lambda(name, config, entries, out) -> list[Path]:
     import matplotlib.pyplot as plt
 
     curves: dict[tuple, list] = defaultdict(list)
     for e in entries:
-        lam = e.record["record"].get("lambda_curve")
-        if lam:
-            curves[(e.cell.dataset.label, e.cell.method.label, e.cell.bits)].append(np.asarray(lam, dtype=float))
+        lam = lambda_curve(e.record["record"])
+        if lam is not None:
+            curves[(e.cell.dataset.label, e.cell.method.label, e.cell.bits)].append(lam)
     made = []
     by_dataset: dict[str, list] = defaultdict(list)
-    for (dataset, label, bits), arrs in curves.items():
-        by_dataset[dataset].append((label, bits, arrs))
+    for (dataset, label, bits), runs in curves.items():
+        by_dataset[dataset].append((label, bits, runs))
     for dataset, items in by_dataset.items():
-        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-        for label, bits, arrs in items:
-            n = min(len(a) for a in arrs)
-            ax.plot(np.arange(1, n + 1), np.mean([a[:n] for a in arrs], axis=0), label=f"{label} {bits} bits")
-        ax.set_xlabel("training step (as logged)")
-        ax.set_ylabel("λ (MMD between proxy distributions)")
-        ax.set_title(f"λ during training — {dataset}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+        for ax, modality in zip(axes, ("image", "text")):
+            for label, bits, runs in items:
+                n = min(len(r["epoch"]) for r in runs)
+                ax.plot(runs[0]["epoch"][:n], np.mean([r[modality][:n] for r in runs], axis=0),
+                        label=f"{label}, {bits} bits")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("λ (batch MMD, mean over the epoch)")
+            ax.set_title(f"{modality} batches")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"HINT's λ during training — {dataset} (mean over seeds)")
         made += _save(fig, out, _slug(name, dataset))
     return made
 
