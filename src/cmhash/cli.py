@@ -143,8 +143,10 @@ def run_cmd(
         f"done {summary.done}, skipped {summary.skipped} (already finished), failed {len(summary.failed)} "
         f"of {summary.total} cells in {summary.wall_time_s:.1f} s"
     )
-    for what, error in summary.failed:
+    for what, error in summary.failed[:5]:
         console.print(f"[red]failed:[/] {what}: {error}")
+    if len(summary.failed) > 5:
+        console.print(f"... and {len(summary.failed) - 5} more")
     if summary.failed:
         console.print(f"tracebacks in {results}/failed/; re-run the same command to retry")
         raise typer.Exit(1)
