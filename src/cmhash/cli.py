@@ -156,7 +156,9 @@ def run_cmd(
 @app.command("report")
 def report_cmd(
     results: str = typer.Argument(..., help="results folder written by `cmhash run`"),
-    out: Optional[str] = typer.Option(None, "--out", help="report folder (default: RESULTS/report)"),
+    out: Optional[str] = typer.Option(
+        None, "--out", help="report folder (default: RESULTS/report), or a .md file with its assets beside it"
+    ),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="draw the figures (matplotlib)"),
 ) -> None:
     """Write markdown + CSV tables and figures (PNG + SVG) for a results folder."""

@@ -191,3 +191,8 @@ def test_paper_values_beside_ours(tmp_path):
     rows = list(csv.DictReader((tmp_path / "r" / "report" / "tables" / "table1.csv").open()))
     assert [r["method"] for r in rows] == ["CCA-ITQ", "CCA-ITQ"] and all(r["paper"] == "" for r in rows)
     assert not (tmp_path / "r" / "report" / "figures").exists()
+    # a .md target: the markdown there, tables beside it in a folder of the same name
+    md = write_report(tmp_path / "r", tmp_path / "docs" / "results-x.md")
+    assert md == tmp_path / "docs" / "results-x.md"
+    assert (tmp_path / "docs" / "results-x" / "tables" / "table1.csv").is_file()
+    assert "CSV: `results-x/tables/table1.csv`" in md.read_text()

@@ -308,6 +308,17 @@ def _lambda(name, config, entries, out) -> list[Path]:
 # -------------------------------------------------------------------------------- t-SNE
 
 
+def _display_classes(labels: list[list[int]]) -> tuple[np.ndarray, bool]:
+    """One class per item for colouring: its label, or for multi-label items the label that is
+    rarest in the sample (the most telling one; ties by class index). Unlabelled items: -1."""
+    counts: dict[int, int] = defaultdict(int)
+    for lab in labels:
+        for c in lab:
+            counts[c] += 1
+    out = np.array([min(lab, key=lambda c: (counts[c], c)) if lab else -1 for lab in labels])
+    return out, any(len(lab) > 1 for lab in labels)
+
+
 def _tsne(name, config, entries, out) -> list[Path]:
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
@@ -326,9 +337,12 @@ def _tsne(name, config, entries, out) -> list[Path]:
         img, txt = decode_sample(sample, "image"), decode_sample(sample, "text")
         x = np.vstack([img, txt]).astype(np.float32)
         n = len(img)
+        # exact gradients for the few hundred points stored per cell (faster than Barnes-Hut here)
         emb = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (2 * n - 1) / 3)), init="pca",
-                   random_state=0, metric="hamming", max_iter=500, n_jobs=1).fit_transform(x)
-        classes = np.array([lab[0] if lab else -1 for lab in sample["labels"]] * 2)
+                   random_state=0, metric="hamming", max_iter=500, n_jobs=1,
+                   method="exact" if 2 * n <= 1000 else "barnes_hut").fit_transform(x)
+        classes, multi = _display_classes(sample["labels"])
+        classes = np.concatenate([classes, classes])
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
         a1.scatter(emb[:n, 0], emb[:n, 1], s=9, c="tab:red", label="image", alpha=0.7)
         a1.scatter(emb[n:, 0], emb[n:, 1], s=9, c="tab:green", label="text", alpha=0.7)
@@ -341,7 +355,7 @@ def _tsne(name, config, entries, out) -> list[Path]:
                        color=cmap(int(c) % cmap.N), marker="o")
             a2.scatter(emb[sel & (np.arange(2 * n) >= n), 0], emb[sel & (np.arange(2 * n) >= n), 1], s=12,
                        color=cmap(int(c) % cmap.N), marker="x")
-        a2.set_title("coloured by class (first label); o image, x text")
+        a2.set_title("coloured by class" + (" (each item's rarest label)" if multi else "") + "; o image, x text")
         for ax in (a1, a2):
             ax.set_xticks([])
             ax.set_yticks([])
