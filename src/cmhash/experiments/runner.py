@@ -11,11 +11,12 @@ import os
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -64,7 +65,6 @@ def run_grid(
     *,
     jobs: int = 1,
     progress: Progress | None = None,
-    on_record: Callable[[Cell, dict[str, Any]], None] | None = None,
 ) -> RunSummary:
     """Run every unfinished cell of ``config`` into the results folder ``out``."""
     if jobs < 1:
@@ -89,8 +89,6 @@ def run_grid(
             else:
                 store.write(cell.key, result)
                 summary.done += 1
-                if on_record is not None:
-                    on_record(cell, result)
             progress.advance(1)
         progress.close()
         summary.wall_time_s = round(time.perf_counter() - start, 3)
@@ -115,7 +113,11 @@ def _execute(cells: list[Cell], jobs: int) -> Iterator[tuple[Cell, dict[str, Any
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    yield pending.pop(fut), fut.result()
+                    cell = pending.pop(fut)
+                    try:
+                        yield cell, fut.result()
+                    except BrokenProcessPool as exc:  # a worker died (killed, out of memory)
+                        yield cell, {"error": f"worker process died: {exc}", "traceback": ""}
 
 
 @contextmanager
@@ -174,6 +176,8 @@ def cell_data(cell: Cell) -> CrossModalDataset:
     data = base_dataset(cell.dataset)
     for axis, value in cell.scenario:
         params = dict(dict(cell.scenario_params).get(axis, ()))
+        if axis == "batch_size":  # a hyper-parameter, set in run_cell
+            continue
         if axis == "train_size":
             data = subsample_train(data, int(value), seed=cell.seed)
         else:
@@ -218,8 +222,9 @@ def subsample_train(data: CrossModalDataset, n: int, *, seed: int) -> CrossModal
 
 
 def _jsonable(obj: Any) -> Any:
+    """``obj`` for a JSON record; arrays (e.g. the rows a scenario touched) are left out."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): _jsonable(v) for k, v in obj.items() if not isinstance(v, np.ndarray)}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, (str, int, float, bool)) or obj is None:
