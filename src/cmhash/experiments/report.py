@@ -196,7 +196,7 @@ def table_markdown(table: Table) -> str:
     if len(table.metrics) > 1:
         head = ["metric"] + head
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    paper_rows = sorted({r for (_, r, _) in table.paper})
+    paper_rows = list(dict.fromkeys(r for (_, r, _) in table.paper))  # in the paper's (config's) order
     for metric in table.metrics:
         digits = 3 if metric in LOWER_IS_BETTER else 2
         best = {c: table.best(metric, c) for c in table.cols}
