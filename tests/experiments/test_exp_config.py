@@ -129,9 +129,15 @@ def test_method_without_module_is_validated_lazily(monkeypatch, tmp_path):
 
 def test_batch_size_in_one_place_only(monkeypatch, tmp_path):
     monkeypatch.setitem(registry._BUILTIN, "later", "cmhash.methods.not_written_yet")
-    text = BASE + '[[methods]]\nname = "later"\nhparams = { batch_size = 64 }\n[scenarios]\nbatch_size = [32, 64]\n'
+    text = (BASE.replace('name = "cca-itq"', 'name = "later"\nlabel = "a"')
+            + '[[methods]]\nname = "later"\nhparams = { batch_size = 64 }\n[scenarios]\nbatch_size = [32, 64]\n')
     msg = error_of(tmp_path, text)
     assert "methods[1].hparams.batch_size" in msg
+
+
+def test_batch_size_axis_needs_the_hyper_parameter(tmp_path):
+    msg = error_of(tmp_path, BASE + "[scenarios]\nbatch_size = [32, 64]\n")
+    assert "scenarios.batch_size" in msg and "'cca-itq' (methods[0]) has no batch_size" in msg
 
 
 def test_parse_config_source_in_errors():

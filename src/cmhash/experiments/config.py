@@ -190,10 +190,14 @@ def parse_config(raw: dict[str, Any], *, source: str = "<config>", path: Path | 
     v.keys(scen, "scenarios", set(SCENARIO_AXES))
     scenarios = tuple(_parse_axis(v, k, scen[k]) for k in SCENARIO_AXES if k in scen)
     if any(a.name == "batch_size" for a in scenarios):
+        from cmhash.methods.registry import get_method_class
+
         for i, m in enumerate(methods):
             if "batch_size" in m.hparams:
                 v.fail(f"methods[{i}].hparams.batch_size",
                        "batch_size is also a scenario axis; set it in one place only")
+            if method_availability(m.name) is None and "batch_size" not in get_method_class(m.name).defaults:
+                v.fail("scenarios.batch_size", f"method '{m.name}' (methods[{i}]) has no batch_size hyper-parameter")
 
     evaluation = _parse_evaluation(v, v.table(raw.get("evaluation", {}), "evaluation"))
     report = v.table(raw.get("report", {}), "report")
