@@ -145,6 +145,43 @@ def test_resume_after_kill_matches_an_uninterrupted_run(results, tmp_path):
     assert maps(out) == maps(results)
 
 
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
+def test_killing_a_parallel_run_takes_its_workers_down(results, tmp_path):
+    out = tmp_path / "par-killed"
+    cmd = [sys.executable, "-m", "cmhash", "run", str(CONFIG), "--out", str(out), "--jobs", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while proc.poll() is None and time.monotonic() < deadline and not list((out / "cells").glob("*.json")):
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(workers) >= 2
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "workers outlived the killed runner"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert maps(out) == maps(results)
+
+
 def test_parallel_jobs_give_the_same_records(results, tmp_path):
     raw = load_config(CONFIG).raw
     raw = {**raw, "grid": {"bits": [8, 32], "seeds": [0]}, "scenarios": {}}

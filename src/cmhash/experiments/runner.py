@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -108,7 +110,7 @@ def _execute(cells: list[Cell], jobs: int) -> Iterator[tuple[Cell, dict[str, Any
     # (torch reads OMP_NUM_THREADS at import), so `jobs` workers share the cores.
     with _thread_env(threads):
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_die_with_parent) as pool:
             pending = {pool.submit(run_cell_safely, cell): cell for cell in cells}
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -118,6 +120,22 @@ def _execute(cells: list[Cell], jobs: int) -> Iterator[tuple[Cell, dict[str, Any
                         yield cell, fut.result()
                     except BrokenProcessPool as exc:  # a worker died (killed, out of memory)
                         yield cell, {"error": f"worker process died: {exc}", "traceback": ""}
+
+
+def _die_with_parent() -> None:
+    """Worker start-up (Linux): be killed when the runner dies, e.g. by kill -9, instead of
+    finishing a cell nobody will write (PR_SET_PDEATHSIG). Elsewhere a worker ends at its next
+    task request."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:  # the runner died before the call above took effect
+        os._exit(1)
 
 
 @contextmanager
