@@ -278,6 +278,7 @@ def lambda_curve(record: dict[str, Any]) -> dict[str, np.ndarray] | None:
 
 def _lambda(name, config, entries, out) -> list[Path]:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     curves: dict[tuple, list] = defaultdict(list)
     for e in entries:
@@ -295,6 +296,7 @@ def _lambda(name, config, entries, out) -> list[Path]:
                 n = min(len(r["epoch"]) for r in runs)
                 ax.plot(runs[0]["epoch"][:n], np.mean([r[modality][:n] for r in runs], axis=0),
                         label=f"{label}, {bits} bits")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel("λ (batch MMD, mean over the epoch)")
             ax.set_title(f"{modality} batches")
