@@ -1,0 +1,290 @@
+"""Exact Hamming top-k and radius kernels for :class:`~cmhash.index.HammingIndex`.
+
+Codes are scanned as machine words (:func:`to_words`): XOR + popcount per word, summed. The
+numpy path works on (query block x database chunk) tiles small enough to stay in cache and keeps
+a bounded top-k per query: once a query holds ``k`` candidates whose worst distance is ``t``, a
+later item can only enter with distance ``< t`` (an equal distance loses the tie, because it
+comes later in insertion order), so each chunk is filtered with one comparison and only the
+survivors are merged. The optional numba kernel (the ``fast`` extra) does the same scan fused
+into one loop per query, in parallel over queries. Both return the ranking of PROTOCOL.md:
+distance ascending, ties by position ascending, and identical results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["to_words", "dist_dtype", "topk_numpy", "radius_numpy", "HAVE_NUMBA", "topk_numba", "radius_numba"]
+
+#: cache-sized tiles of the numpy path: query rows per block, database items per chunk
+QUERY_BLOCK = 32
+DB_CHUNK = 8192
+
+
+def to_words(data: np.ndarray) -> np.ndarray:
+    """Packed codes (n x nbytes uint8) as words: the narrowest of uint8/16/32 that holds a code,
+    else uint64 words (zero-padded). Zero padding never changes a distance; a 12-bit code is
+    scanned as 2 bytes instead of a padded 8."""
+    n, nbytes = data.shape
+    if nbytes in (1, 2, 4):
+        return np.ascontiguousarray(data).view({1: np.uint8, 2: np.uint16, 4: np.uint32}[nbytes])
+    width = 4 if nbytes == 3 else 8 * ((nbytes + 7) // 8)
+    if width == nbytes:
+        return np.ascontiguousarray(data).view(np.uint64)
+    padded = np.zeros((n, width), dtype=np.uint8)
+    padded[:, :nbytes] = data
+    return padded.view(np.uint32 if width == 4 else np.uint64)
+
+
+def dist_dtype(nbits: int) -> type:
+    """The smallest unsigned type that holds every distance of ``nbits``-bit codes and ``nbits + 1``."""
+    return np.uint8 if nbits < 255 else np.uint16
+
+
+def _distances(qw: np.ndarray, dw: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Hamming distances of query words ``qw`` (b x w) to database words ``dw`` (c x w) into ``out`` (b x c)."""
+    np.bitwise_count(qw[:, 0, None] ^ dw[None, :, 0], out=out, casting="unsafe")
+    for w in range(1, qw.shape[1]):
+        out += np.bitwise_count(qw[:, w, None] ^ dw[None, :, w])
+    return out
+
+
+def topk_numpy(
+    qw: np.ndarray, dw: np.ndarray, k: int, nbits: int, *, query_block: int = QUERY_BLOCK, db_chunk: int = DB_CHUNK
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` positions and distances (n_query x k) of each query; requires 1 <= k <= n_db."""
+    nq, n = qw.shape[0], dw.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    dtype = dist_dtype(nbits)
+    big = nbits + 1  # "no candidate yet": a distance no code reaches
+    # Sort keys (row, distance, position) fit in int64 for any realistic size.
+    if (query_block + 1) * (big + 1) * (n + 1) >= 2**62:
+        raise ValueError(f"index too large for the numpy top-k key ({n} items, {nbits} bits)")
+    idx_out = np.empty((nq, k), dtype=np.int64)
+    dist_out = np.empty((nq, k), dtype=np.uint16)
+    tile = np.empty((query_block, db_chunk), dtype=dtype)
+    for q0 in range(0, nq, query_block):
+        qb = qw[q0 : q0 + query_block]
+        b = qb.shape[0]
+        rows = np.arange(b, dtype=np.int64)
+        best_d = np.full((b, k), big, dtype=np.int64)
+        best_i = np.full((b, k), n, dtype=np.int64)
+        for c0 in range(0, n, db_chunk):
+            c1 = min(c0 + db_chunk, n)
+            dist = _distances(qb, dw[c0:c1], tile[:b, : c1 - c0])
+            flat = np.flatnonzero(dist < best_d[:, -1, None].astype(dtype))  # 1-D nonzero: ~3x faster
+            if flat.size == 0:
+                continue
+            hit_r, hit_c = np.divmod(flat, c1 - c0)
+            cand_d = np.concatenate([best_d.ravel(), dist[hit_r, hit_c].astype(np.int64)])
+            cand_i = np.concatenate([best_i.ravel(), hit_c.astype(np.int64) + c0])
+            cand_r = np.concatenate([np.repeat(rows, k), hit_r.astype(np.int64)])
+            key = np.sort((cand_r * (big + 1) + cand_d) * (n + 1) + cand_i)
+            # Keep the first k keys of every row (each row has at least k: its current best).
+            r = key // ((big + 1) * (n + 1))
+            start = np.searchsorted(r, rows)
+            keep = key[(start[:, None] + np.arange(k)).ravel()]
+            best_i = (keep % (n + 1)).reshape(b, k)
+            best_d = ((keep // (n + 1)) % (big + 1)).reshape(b, k)
+        idx_out[q0 : q0 + b] = best_i
+        dist_out[q0 : q0 + b] = best_d
+    return idx_out, dist_out
+
+
+def radius_numpy(
+    qw: np.ndarray, dw: np.ndarray, radius: int, nbits: int, *, query_block: int = QUERY_BLOCK, db_chunk: int = DB_CHUNK
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query, the positions within distance ``radius`` and their distances, by (distance, position)."""
+    nq, n = qw.shape[0], dw.shape[0]
+    dtype = dist_dtype(nbits)
+    radius = min(int(radius), nbits)
+    tile = np.empty((query_block, db_chunk), dtype=dtype)
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for q0 in range(0, nq, query_block):
+        qb = qw[q0 : q0 + query_block]
+        b = qb.shape[0]
+        parts_r, parts_i, parts_d = [], [], []
+        for c0 in range(0, n, db_chunk):
+            c1 = min(c0 + db_chunk, n)
+            dist = _distances(qb, dw[c0:c1], tile[:b, : c1 - c0])
+            hit_r, hit_c = np.divmod(np.flatnonzero(dist <= radius), c1 - c0)
+            parts_r.append(hit_r)
+            parts_i.append(hit_c.astype(np.int64) + c0)
+            parts_d.append(dist[hit_r, hit_c].astype(np.uint16))
+        hit_r = np.concatenate(parts_r) if parts_r else np.empty(0, np.int64)
+        hit_i = np.concatenate(parts_i) if parts_i else np.empty(0, np.int64)
+        hit_d = np.concatenate(parts_d) if parts_d else np.empty(0, np.uint16)
+        # Hits arrive by position within each row; a stable sort by (row, distance) keeps that order.
+        order = np.lexsort((hit_i, hit_d, hit_r))
+        hit_r, hit_i, hit_d = hit_r[order], hit_i[order], hit_d[order]
+        bounds = np.searchsorted(hit_r, np.arange(b + 1))
+        out.extend((hit_i[s:e], hit_d[s:e]) for s, e in zip(bounds[:-1], bounds[1:]))
+    return out
+
+
+# ------------------------------------------------------------------------------ numba kernel
+try:  # the `fast` extra
+    import numba
+    from numba import types as _nt
+    from numba.extending import intrinsic as _intrinsic
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only without numba
+    HAVE_NUMBA = False
+
+
+if HAVE_NUMBA:
+
+    @_intrinsic
+    def _popcount(typingctx, x):
+        """The CPU's popcount instruction (LLVM ctpop) on any unsigned integer, as int64."""
+        if not isinstance(x, _nt.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            res = builder.ctpop(args[0])
+            return res if x.bitwidth == 64 else builder.zext(res, context.get_value_type(_nt.int64))
+
+        return _nt.int64(x), codegen
+
+    @numba.njit(inline="always")
+    def _dist(qw, dw, q, i):
+        d = 0
+        for w in range(qw.shape[1]):
+            d += _popcount(qw[q, w] ^ dw[i, w])
+        return d
+
+    @numba.njit(cache=True)
+    def _compact(cand_i, cand_d, m, hist, k):
+        """Keep the best ``k`` of ``m`` candidates (by distance, then position) in place; return the new bound."""
+        total = 0
+        t = 0
+        while total + hist[t] < k:
+            total += hist[t]
+            t += 1
+        need = k - total  # how many of distance t still fit
+        j = 0
+        for c in range(m):
+            d = cand_d[c]
+            if d < t or (d == t and need > 0):
+                if d == t:
+                    need -= 1
+                cand_i[j] = cand_i[c]
+                cand_d[j] = d
+                j += 1
+        hist[:] = 0
+        for c in range(j):
+            hist[cand_d[c]] += 1
+        return t
+
+    @numba.njit(inline="always")
+    def _offer(i, d, cand_i, cand_d, m, hist, k, bound):
+        """Append candidate (i, d); when the buffer is full, compact it to the best k.
+
+        Returns the new (count, bound)."""
+        cand_i[m] = i
+        cand_d[m] = d
+        hist[d] += 1
+        m += 1
+        if m == cand_i.shape[0]:
+            bound = _compact(cand_i, cand_d, m, hist, k)
+            m = k
+        return m, bound
+
+    @numba.njit(parallel=True, cache=True)
+    def _topk_numba(qw, dw, k, nbits, capacity, idx_out, dist_out):
+        nq, n, nw = qw.shape[0], dw.shape[0], dw.shape[1]
+        flat = dw.ravel()
+        for q in numba.prange(nq):
+            cand_i = np.empty(capacity, dtype=np.int64)
+            cand_d = np.empty(capacity, dtype=np.int64)
+            hist = np.zeros(nbits + 2, dtype=np.int64)
+            bound = nbits + 1  # accept everything until k candidates are held
+            m = 0
+            # The scan, specialised for one and two words per code (64 and 128 bits and below).
+            if nw == 1:
+                q0 = qw[q, 0]
+                for i in range(n):
+                    d = _popcount(q0 ^ flat[i])
+                    if d < bound:
+                        m, bound = _offer(i, d, cand_i, cand_d, m, hist, k, bound)
+            elif nw == 2:
+                q0, q1 = qw[q, 0], qw[q, 1]
+                for i in range(n):
+                    d = _popcount(q0 ^ flat[2 * i]) + _popcount(q1 ^ flat[2 * i + 1])
+                    if d < bound:
+                        m, bound = _offer(i, d, cand_i, cand_d, m, hist, k, bound)
+            else:
+                for i in range(n):
+                    d = 0
+                    for w in range(nw):
+                        d += _popcount(qw[q, w] ^ flat[i * nw + w])
+                    if d < bound:
+                        m, bound = _offer(i, d, cand_i, cand_d, m, hist, k, bound)
+            _compact(cand_i, cand_d, m, hist, k)
+            # Counting sort by distance; candidates are already in position order, so ties keep it.
+            start = np.zeros(nbits + 2, dtype=np.int64)
+            for d in range(1, nbits + 2):
+                start[d] = start[d - 1] + hist[d - 1]
+            for c in range(k):
+                d = cand_d[c]
+                idx_out[q, start[d]] = cand_i[c]
+                dist_out[q, start[d]] = d
+                start[d] += 1
+
+    @numba.njit(parallel=True, cache=True)
+    def _radius_count(qw, dw, radius, counts):
+        for q in numba.prange(qw.shape[0]):
+            c = 0
+            for i in range(dw.shape[0]):
+                if _dist(qw, dw, q, i) <= radius:
+                    c += 1
+            counts[q] = c
+
+    @numba.njit(parallel=True, cache=True)
+    def _radius_fill(qw, dw, radius, offsets, idx_out, dist_out):
+        for q in numba.prange(qw.shape[0]):
+            hist = np.zeros(radius + 2, dtype=np.int64)
+            for i in range(dw.shape[0]):
+                d = _dist(qw, dw, q, i)
+                if d <= radius:
+                    hist[d + 1] += 1
+            for d in range(1, radius + 2):  # start of each distance's run within this query's slot
+                hist[d] += hist[d - 1]
+            base = offsets[q]
+            for i in range(dw.shape[0]):
+                d = _dist(qw, dw, q, i)
+                if d <= radius:
+                    idx_out[base + hist[d]] = i
+                    dist_out[base + hist[d]] = d
+                    hist[d] += 1
+
+
+def topk_numba(qw: np.ndarray, dw: np.ndarray, k: int, nbits: int, *, capacity: int | None = None):
+    """The numba twin of :func:`topk_numpy` (same results); ``capacity`` is the candidate buffer size."""
+    if not HAVE_NUMBA:
+        raise ImportError("the numba backend needs numba: pip install 'cmhash[fast]'")
+    n = dw.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    capacity = max(k + 1, 4 * k, 1024) if capacity is None else max(int(capacity), k + 1)
+    idx_out = np.empty((qw.shape[0], k), dtype=np.int64)
+    dist_out = np.empty((qw.shape[0], k), dtype=np.uint16)
+    _topk_numba(np.ascontiguousarray(qw), np.ascontiguousarray(dw), int(k), int(nbits), capacity, idx_out, dist_out)
+    return idx_out, dist_out
+
+
+def radius_numba(qw: np.ndarray, dw: np.ndarray, radius: int, nbits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The numba twin of :func:`radius_numpy` (two passes: count, then fill in order)."""
+    if not HAVE_NUMBA:
+        raise ImportError("the numba backend needs numba: pip install 'cmhash[fast]'")
+    qw, dw = np.ascontiguousarray(qw), np.ascontiguousarray(dw)
+    radius = min(int(radius), nbits)
+    counts = np.empty(qw.shape[0], dtype=np.int64)
+    _radius_count(qw, dw, radius, counts)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    idx_out = np.empty(offsets[-1], dtype=np.int64)
+    dist_out = np.empty(offsets[-1], dtype=np.uint16)
+    _radius_fill(qw, dw, radius, offsets, idx_out, dist_out)
+    return [(idx_out[s:e], dist_out[s:e]) for s, e in zip(offsets[:-1], offsets[1:])]
