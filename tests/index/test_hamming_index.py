@@ -81,11 +81,13 @@ def test_kernels_agree_across_tiles_and_buffer_sizes(nbits):
                 idx, d = kernels.topk_numba(qw, dw, k, nbits, capacity=capacity)
                 np.testing.assert_array_equal(idx, ref)
                 np.testing.assert_array_equal(d, np.take_along_axis(dist, ref, axis=1))
-    hits = kernels.radius_numpy(qw, dw, nbits // 3, nbits, query_block=2, db_chunk=5)
-    if kernels.HAVE_NUMBA:
-        for (a, da), (b, dbb) in zip(hits, kernels.radius_numba(qw, dw, nbits // 3, nbits)):
-            np.testing.assert_array_equal(a, b)
-            np.testing.assert_array_equal(da, dbb)
+            for threads in (1, 4):
+                idx, d = kernels.topk_numba(qw, dw, k, nbits, threads=threads)
+                np.testing.assert_array_equal(idx, ref)
+    for (a, da), row in zip(kernels.radius_numpy(qw, dw, nbits // 3, nbits, query_block=2, db_chunk=5), dist):
+        hit = np.flatnonzero(row <= nbits // 3)
+        np.testing.assert_array_equal(a, hit[np.argsort(row[hit], kind="stable")])
+        np.testing.assert_array_equal(da, np.sort(row[hit]))
 
 
 def test_agrees_with_codes_topk_search():

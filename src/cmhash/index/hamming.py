@@ -39,8 +39,8 @@ class HammingIndex:
     Ids are optional: an index either gives every item an id (integers or strings, unique) or
     none, in which case an item's id is its insertion position. ``search`` and ``range_search``
     return ids and distances ranked by distance, then insertion order. ``backend`` picks the
-    kernel: ``"numpy"``, ``"numba"`` (the ``fast`` extra) or ``"auto"`` (numba when installed);
-    both give identical results. ``info`` is a JSON-ready dict saved with the index (e.g. which
+    top-k kernel: ``"numpy"``, ``"numba"`` (the ``fast`` extra) or ``"auto"`` (numba when
+    installed); both give identical results. Radius search always runs on numpy. ``info`` is a JSON-ready dict saved with the index (e.g. which
     modality and dataset the codes came from).
     """
 
@@ -204,10 +204,7 @@ class HammingIndex:
         if self._n == 0:
             empty = (np.empty(0, dtype=self.ids.dtype), np.empty(0, dtype=np.uint16))
             return [empty for _ in range(qw.shape[0])]
-        if self.kernel == "numba":
-            hits = kernels.radius_numba(qw, self._words[: self._n], int(radius), self._nbits)
-        else:
-            hits = kernels.radius_numpy(qw, self._words[: self._n], int(radius), self._nbits)
+        hits = kernels.radius_numpy(qw, self._words[: self._n], int(radius), self._nbits)
         return [(self._to_ids(pos), dist) for pos, dist in hits]
 
     def _to_ids(self, positions: np.ndarray) -> np.ndarray:

@@ -5,16 +5,20 @@ numpy path works on (query block x database chunk) tiles small enough to stay in
 a bounded top-k per query: once a query holds ``k`` candidates whose worst distance is ``t``, a
 later item can only enter with distance ``< t`` (an equal distance loses the tie, because it
 comes later in insertion order), so each chunk is filtered with one comparison and only the
-survivors are merged. The optional numba kernel (the ``fast`` extra) does the same scan fused
-into one loop per query, in parallel over queries. Both return the ranking of PROTOCOL.md:
-distance ascending, ties by position ascending, and identical results.
+survivors are merged. The optional numba top-k kernel (the ``fast`` extra) does the same scan
+fused into one loop per query, with queries split over threads. Radius search is numpy only.
+Both return the ranking of PROTOCOL.md: distance ascending, ties by position ascending, and
+identical results.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-__all__ = ["to_words", "dist_dtype", "topk_numpy", "radius_numpy", "HAVE_NUMBA", "topk_numba", "radius_numba"]
+__all__ = ["to_words", "dist_dtype", "topk_numpy", "radius_numpy", "HAVE_NUMBA", "topk_numba"]
 
 #: cache-sized tiles of the numpy path: query rows per block, database items per chunk
 QUERY_BLOCK = 32
@@ -148,13 +152,6 @@ if HAVE_NUMBA:
 
         return _nt.int64(x), codegen
 
-    @numba.njit(inline="always")
-    def _dist(qw, dw, q, i):
-        d = 0
-        for w in range(qw.shape[1]):
-            d += _popcount(qw[q, w] ^ dw[i, w])
-        return d
-
     @numba.njit(cache=True)
     def _compact(cand_i, cand_d, m, hist, k):
         """Keep the best ``k`` of ``m`` candidates (by distance, then position) in place; return the new bound."""
@@ -178,7 +175,7 @@ if HAVE_NUMBA:
             hist[cand_d[c]] += 1
         return t
 
-    @numba.njit(inline="always")
+    @numba.njit(cache=True)
     def _offer(i, d, cand_i, cand_d, m, hist, k, bound):
         """Append candidate (i, d); when the buffer is full, compact it to the best k.
 
@@ -192,11 +189,11 @@ if HAVE_NUMBA:
             m = k
         return m, bound
 
-    @numba.njit(parallel=True, cache=True)
+    @numba.njit(nogil=True, cache=True)
     def _topk_numba(qw, dw, k, nbits, capacity, idx_out, dist_out):
         nq, n, nw = qw.shape[0], dw.shape[0], dw.shape[1]
         flat = dw.ravel()
-        for q in numba.prange(nq):
+        for q in range(nq):
             cand_i = np.empty(capacity, dtype=np.int64)
             cand_d = np.empty(capacity, dtype=np.int64)
             hist = np.zeros(nbits + 2, dtype=np.int64)
@@ -233,58 +230,34 @@ if HAVE_NUMBA:
                 dist_out[q, start[d]] = d
                 start[d] += 1
 
-    @numba.njit(parallel=True, cache=True)
-    def _radius_count(qw, dw, radius, counts):
-        for q in numba.prange(qw.shape[0]):
-            c = 0
-            for i in range(dw.shape[0]):
-                if _dist(qw, dw, q, i) <= radius:
-                    c += 1
-            counts[q] = c
 
-    @numba.njit(parallel=True, cache=True)
-    def _radius_fill(qw, dw, radius, offsets, idx_out, dist_out):
-        for q in numba.prange(qw.shape[0]):
-            hist = np.zeros(radius + 2, dtype=np.int64)
-            for i in range(dw.shape[0]):
-                d = _dist(qw, dw, q, i)
-                if d <= radius:
-                    hist[d + 1] += 1
-            for d in range(1, radius + 2):  # start of each distance's run within this query's slot
-                hist[d] += hist[d - 1]
-            base = offsets[q]
-            for i in range(dw.shape[0]):
-                d = _dist(qw, dw, q, i)
-                if d <= radius:
-                    idx_out[base + hist[d]] = i
-                    dist_out[base + hist[d]] = d
-                    hist[d] += 1
-
-
-def topk_numba(qw: np.ndarray, dw: np.ndarray, k: int, nbits: int, *, capacity: int | None = None):
-    """The numba twin of :func:`topk_numpy` (same results); ``capacity`` is the candidate buffer size."""
+def topk_numba(
+    qw: np.ndarray, dw: np.ndarray, k: int, nbits: int, *, capacity: int | None = None, threads: int | None = None
+):
+    """The numba twin of :func:`topk_numpy` (same results, for any ``threads``); ``capacity`` is
+    the candidate buffer size per query."""
     if not HAVE_NUMBA:
         raise ImportError("the numba backend needs numba: pip install 'cmhash[fast]'")
     n = dw.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     capacity = max(k + 1, 4 * k, 1024) if capacity is None else max(int(capacity), k + 1)
-    idx_out = np.empty((qw.shape[0], k), dtype=np.int64)
-    dist_out = np.empty((qw.shape[0], k), dtype=np.uint16)
-    _topk_numba(np.ascontiguousarray(qw), np.ascontiguousarray(dw), int(k), int(nbits), capacity, idx_out, dist_out)
-    return idx_out, dist_out
-
-
-def radius_numba(qw: np.ndarray, dw: np.ndarray, radius: int, nbits: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The numba twin of :func:`radius_numpy` (two passes: count, then fill in order)."""
-    if not HAVE_NUMBA:
-        raise ImportError("the numba backend needs numba: pip install 'cmhash[fast]'")
+    nq = qw.shape[0]
     qw, dw = np.ascontiguousarray(qw), np.ascontiguousarray(dw)
-    radius = min(int(radius), nbits)
-    counts = np.empty(qw.shape[0], dtype=np.int64)
-    _radius_count(qw, dw, radius, counts)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    idx_out = np.empty(offsets[-1], dtype=np.int64)
-    dist_out = np.empty(offsets[-1], dtype=np.uint16)
-    _radius_fill(qw, dw, radius, offsets, idx_out, dist_out)
-    return [(idx_out[s:e], dist_out[s:e]) for s, e in zip(offsets[:-1], offsets[1:])]
+    idx_out = np.empty((nq, k), dtype=np.int64)
+    dist_out = np.empty((nq, k), dtype=np.uint16)
+    # Queries are independent: split them over threads (the kernel releases the GIL). A plain
+    # thread pool instead of numba's parallel=True keeps compilation to a second or two.
+    workers = max(1, min(threads or os.cpu_count() or 1, nq))
+    bounds = np.linspace(0, nq, workers + 1).astype(int)
+
+    def run(part: int) -> None:
+        s, e = bounds[part], bounds[part + 1]
+        _topk_numba(qw[s:e], dw, int(k), int(nbits), capacity, idx_out[s:e], dist_out[s:e])
+
+    if workers == 1:
+        run(0)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, range(workers)))
+    return idx_out, dist_out
