@@ -175,53 +175,75 @@ if HAVE_NUMBA:
             hist[cand_d[c]] += 1
         return t
 
-    @numba.njit(cache=True)
-    def _offer(i, d, cand_i, cand_d, m, hist, k, bound):
-        """Append candidate (i, d); when the buffer is full, compact it to the best k.
+    # The hot scans: the next position at or after ``i`` whose distance is below ``bound`` (or n),
+    # specialised for one and two words per code. Keeping the rare candidate handling out of
+    # these loops roughly halves the time per item.
+    @numba.njit(nogil=True, cache=True)
+    def _next1(qw, flat, q, i, bound):
+        q0, n = qw[q, 0], flat.shape[0]
+        while i < n:
+            if _popcount(q0 ^ flat[i]) < bound:
+                return i
+            i += 1
+        return n
 
-        Returns the new (count, bound)."""
-        cand_i[m] = i
-        cand_d[m] = d
-        hist[d] += 1
-        m += 1
-        if m == cand_i.shape[0]:
-            bound = _compact(cand_i, cand_d, m, hist, k)
-            m = k
-        return m, bound
+    @numba.njit(nogil=True, cache=True)
+    def _next2(qw, flat, q, i, bound):
+        q0, q1, n = qw[q, 0], qw[q, 1], flat.shape[0] // 2
+        while i < n:
+            if _popcount(q0 ^ flat[2 * i]) + _popcount(q1 ^ flat[2 * i + 1]) < bound:
+                return i
+            i += 1
+        return n
+
+    @numba.njit(nogil=True, cache=True)
+    def _dist(qw, flat, q, i):
+        nw = qw.shape[1]
+        d = 0
+        for w in range(nw):
+            d += _popcount(qw[q, w] ^ flat[i * nw + w])
+        return d
+
+    @numba.njit(nogil=True, cache=True)
+    def _next(qw, flat, q, i, bound):
+        nw = qw.shape[1]
+        n = flat.shape[0] // nw
+        if nw == 1:
+            return _next1(qw, flat, q, i, bound)
+        if nw == 2:
+            return _next2(qw, flat, q, i, bound)
+        while i < n:
+            if _dist(qw, flat, q, i) < bound:
+                return i
+            i += 1
+        return n
 
     @numba.njit(nogil=True, cache=True)
     def _topk_numba(qw, dw, k, nbits, capacity, idx_out, dist_out):
-        nq, n, nw = qw.shape[0], dw.shape[0], dw.shape[1]
+        n = dw.shape[0]
         flat = dw.ravel()
-        for q in range(nq):
-            cand_i = np.empty(capacity, dtype=np.int64)
-            cand_d = np.empty(capacity, dtype=np.int64)
-            hist = np.zeros(nbits + 2, dtype=np.int64)
-            bound = nbits + 1  # accept everything until k candidates are held
+        cand_i = np.empty(capacity, dtype=np.int64)
+        cand_d = np.empty(capacity, dtype=np.int64)
+        hist = np.zeros(nbits + 2, dtype=np.int64)
+        start = np.zeros(nbits + 2, dtype=np.int64)
+        for q in range(qw.shape[0]):
+            hist[:] = 0
+            bound = nbits + 1  # accept everything until the buffer first fills
             m = 0
-            # The scan, specialised for one and two words per code (64 and 128 bits and below).
-            if nw == 1:
-                q0 = qw[q, 0]
-                for i in range(n):
-                    d = _popcount(q0 ^ flat[i])
-                    if d < bound:
-                        m, bound = _offer(i, d, cand_i, cand_d, m, hist, k, bound)
-            elif nw == 2:
-                q0, q1 = qw[q, 0], qw[q, 1]
-                for i in range(n):
-                    d = _popcount(q0 ^ flat[2 * i]) + _popcount(q1 ^ flat[2 * i + 1])
-                    if d < bound:
-                        m, bound = _offer(i, d, cand_i, cand_d, m, hist, k, bound)
-            else:
-                for i in range(n):
-                    d = 0
-                    for w in range(nw):
-                        d += _popcount(qw[q, w] ^ flat[i * nw + w])
-                    if d < bound:
-                        m, bound = _offer(i, d, cand_i, cand_d, m, hist, k, bound)
+            i = _next(qw, flat, q, 0, bound)
+            while i < n:
+                d = _dist(qw, flat, q, i)
+                cand_i[m] = i
+                cand_d[m] = d
+                hist[d] += 1
+                m += 1
+                if m == capacity:  # keep the best k; from now on only d < k-th distance can enter
+                    bound = _compact(cand_i, cand_d, m, hist, k)
+                    m = k
+                i = _next(qw, flat, q, i + 1, bound)
             _compact(cand_i, cand_d, m, hist, k)
             # Counting sort by distance; candidates are already in position order, so ties keep it.
-            start = np.zeros(nbits + 2, dtype=np.int64)
+            start[0] = 0
             for d in range(1, nbits + 2):
                 start[d] = start[d - 1] + hist[d - 1]
             for c in range(k):
