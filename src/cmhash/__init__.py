@@ -20,6 +20,7 @@ _LAZY = {
     "register_method": "cmhash.methods.registry",
     "mean_average_precision": "cmhash.metrics.ranking",
     "evaluate": "cmhash.evaluation",
+    "HammingIndex": "cmhash.index",
 }
 
 __all__ = ["__version__", *_LAZY]
