@@ -251,3 +251,35 @@ def test_foreign_or_newer_files_are_refused(tmp_path):
     save_arrays(path, {"codes": arrays["codes"][:, :4]}, meta)
     with pytest.raises(ValueError, match="'codes' should be uint8 \\(2000, 8\\)"):
         HammingIndex.load(path)
+
+
+@pytest.mark.parametrize("nbits", [64, 16, 24])
+def test_memory_mapped_load_gives_the_same_results(tmp_path, nbits):
+    rng = np.random.default_rng(10)
+    db = tied_codes(rng, 3000, nbits)
+    index = HammingIndex.from_codes(db, ids=np.arange(3000) + 7)
+    path = index.save(tmp_path / "big.npz")
+    mapped = HammingIndex.load(path, mmap=True)
+    assert len(mapped) == 3000 and mapped.nbits == nbits
+    if nbits in (64, 16):  # whole-word codes are scanned straight from the mapping
+        assert not mapped._words.flags.writeable  # a view of the read-only mapping, not a copy
+    else:
+        assert mapped._words.flags.writeable
+    for a, b in zip(index.search(db[:9], 30), mapped.search(db[:9], 30)):
+        np.testing.assert_array_equal(a, b)
+    mapped.add(db[:2], ids=[-1, -2])  # growing moves the codes into memory; the file is untouched
+    assert len(mapped) == 3002 and len(HammingIndex.load(path, mmap=True)) == 3000
+
+
+def test_memory_mapped_load_detects_corruption(tmp_path):
+    index, path = _saved(tmp_path)
+    raw = bytearray(path.read_bytes())
+    start = bytes(raw).find(index.codes.data.tobytes())
+    raw[start + 123] ^= 0x01  # the zip CRC is not read when mapping: the checksum catches it
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupt.npz: checksum mismatch"):
+        HammingIndex.load(path, mmap=True)
+    assert len(HammingIndex.load(path, mmap=True, verify=False)) == 2000  # verify=False trusts the file
+    path.write_bytes(bytes(raw[: start + 1000]))
+    with pytest.raises(ValueError, match="corrupt.npz.*(corrupt|truncated)"):
+        HammingIndex.load(path, mmap=True)

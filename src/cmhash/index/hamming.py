@@ -8,6 +8,9 @@ item was added), whatever the backend or thread count. The file format (one ``.n
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ import numpy as np
 
 from cmhash.codes import CodesLike, PackedCodes, as_packed
 from cmhash.index import kernels
-from cmhash.io import load_arrays, save_arrays
+from cmhash.io import META_KEY, load_arrays, save_arrays
 
 FORMAT = "cmhash-hamming-index"
 FORMAT_VERSION = 1
@@ -230,10 +233,15 @@ class HammingIndex:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, *, backend: str = "auto") -> "HammingIndex":
+    def load(cls, path: str | Path, *, backend: str = "auto", mmap: bool = False, verify: bool = True) -> "HammingIndex":
         """Read an index written by :meth:`save`; a corrupt, truncated or foreign file raises
-        ValueError naming the file."""
-        arrays, meta = load_arrays(path)
+        ValueError naming the file.
+
+        ``mmap=True`` maps the codes from the file instead of reading them (read-only; codes of
+        1, 2, 4 or a multiple of 8 bytes are scanned in place, other lengths are copied once).
+        ``verify=False`` skips the checksum (which reads every code byte).
+        """
+        arrays, meta = _read_mapped(path) if mmap else load_arrays(path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a cmhash Hamming index (format={meta.get('format')!r})")
         if meta.get("format_version") != FORMAT_VERSION:
@@ -253,11 +261,57 @@ class HammingIndex:
         ids = arrays.get("ids") if has_ids else None
         if has_ids and (ids is None or ids.shape != (n,)):
             raise ValueError(f"{path}: 'ids' should have shape ({n},), got {None if ids is None else ids.shape}")
-        if checksum != "sha256:" + codes_checksum(data, ids):
+        if verify and checksum != "sha256:" + codes_checksum(data, ids):
             raise ValueError(f"{path}: checksum mismatch: the codes or ids are corrupt")
         index = cls(nbits, backend=backend, info=meta.get("info") or {})
         try:
-            index.add(PackedCodes(data, nbits), ids)
+            packed = PackedCodes(data, nbits)  # checks the padding bits
+            index._ids = index._check_ids(ids, n)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
+        # The loaded (or mapped) bytes become the scan words without a copy; capacity = n, so the
+        # next add moves them into a fresh, growable array.
+        index._words = kernels.to_words(packed.data)
+        index._n = n
         return index
+
+
+def _read_mapped(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Like :func:`cmhash.io.load_arrays`, but with ``codes`` memory-mapped from the file.
+
+    ``np.savez`` stores members uncompressed, so the codes' .npy payload is a plain byte range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        arrays: dict[str, np.ndarray] = {}
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            with zf.open(META_KEY + ".npy") as fh:
+                meta = json.loads(np.lib.format.read_array(fh, allow_pickle=False).tobytes().decode())
+            if "ids.npy" in names:
+                with zf.open("ids.npy") as fh:
+                    arrays["ids"] = np.lib.format.read_array(fh, allow_pickle=False)
+            member = zf.getinfo("codes.npy")
+        if member.compress_type != zipfile.ZIP_STORED:
+            raise ValueError("the codes are compressed and cannot be memory-mapped")
+        with open(path, "rb") as fh:
+            fh.seek(member.header_offset)
+            local = fh.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise ValueError("bad zip member header for the codes")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            fh.seek(member.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+            offset = fh.tell()
+        if fortran or dtype != np.uint8 or len(shape) != 2:
+            raise ValueError(f"the codes are not a C-ordered 2-D uint8 array ({dtype}, {shape})")
+        if offset + shape[0] * shape[1] > path.stat().st_size:
+            raise ValueError("the file ends before the codes do")
+        arrays["codes"] = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=tuple(shape))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable cmhash index (corrupt or truncated?): {exc}") from exc
+    return arrays, meta
