@@ -62,7 +62,7 @@ def test_range_search_equals_brute_force(nbits, backend):
     assert index.range_search(query[:1], 0)[0][0].size >= 1  # a query that is in the database
 
 
-@pytest.mark.parametrize("nbits", [24, 128, 200])
+@pytest.mark.parametrize("nbits", [24, 128, 264])
 def test_kernels_agree_across_tiles_and_buffer_sizes(nbits):
     """Tiny tiles (numpy merge path) and a tiny candidate buffer (numba compaction) change nothing."""
     rng = np.random.default_rng(7)

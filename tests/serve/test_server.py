@@ -13,19 +13,28 @@ import pytest
 from typer.testing import CliRunner
 
 from cmhash.cli import app
-from cmhash.codes import pack
 from cmhash.data.synthetic import make_synthetic
 from cmhash.index import HammingIndex
-from cmhash.methods.registry import get_method
+from cmhash.methods.cca_itq import LinearSignModel
 from cmhash.serve import SearchService, load_service, make_server, resolve_model_path
 
 TIMEOUT = 10  # seconds per request: a hung server fails the test instead of blocking it
 
 
+def linear_model(dims, bits, seed=0):
+    """A CCA-ITQ-shaped model with random projections: real encode/save/load, no training time."""
+    rng = np.random.default_rng(seed)
+    return LinearSignModel(
+        mean={m: np.zeros(d) for m, d in dims.items()},
+        proj={m: rng.standard_normal((d, bits)) for m, d in dims.items()},
+        bits=bits, hparams={},
+    )
+
+
 @pytest.fixture(scope="module")
 def trained():
     data = make_synthetic(600, seed=1)
-    model = get_method("cca-itq").fit(data.train, 24, seed=0)
+    model = linear_model(data.dims, 24)
     db_codes = model.encode("image", data.database.image)
     return data, model, db_codes
 
@@ -58,6 +67,7 @@ def call(url, path, body=None, raw=None):
 def test_health_and_info(server):
     url, index = server
     assert call(url, "/health") == (200, {"status": "ok"})
+    assert call(url, "/health?verbose=1") == (200, {"status": "ok"})
     status, info = call(url, "/info")
     assert status == 200
     assert info["model"]["method"] == "cca-itq" and info["model"]["bits"] == 24
@@ -165,7 +175,7 @@ def test_cli_index_build_then_serve(tmp_path, wiki_path, monkeypatch):
     from cmhash.data.protocols import load_dataset
 
     data = load_dataset("wiki")
-    model = get_method("cca-itq").fit(data.train, 32, seed=0)
+    model = linear_model(data.dims, 32)
     model_dir = tmp_path / "run"
     model.save(model_dir / "model.npz")
     out = tmp_path / "wiki-image.index.npz"

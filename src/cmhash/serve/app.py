@@ -19,6 +19,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -157,20 +158,24 @@ def _handler(service: SearchService, quiet: bool) -> type[BaseHTTPRequestHandler
         server_version = "cmhash"
         timeout = 30  # seconds a client may take to send its request
 
+        @property
+        def route(self) -> str:
+            return urlsplit(self.path).path  # without a query string
+
         def do_GET(self) -> None:
             routes = {"/health": lambda: {"status": "ok"}, "/info": service.info}
-            if self.path in routes:
-                self._reply(HTTPStatus.OK, routes[self.path]())
-            elif self.path in ("/encode", "/search"):
-                self._reply(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{self.path} takes POST"})
+            if self.route in routes:
+                self._reply(HTTPStatus.OK, routes[self.route]())
+            elif self.route in ("/encode", "/search"):
+                self._reply(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{self.route} takes POST"})
             else:
-                self._reply(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.path}"})
+                self._reply(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.route}"})
 
         def do_POST(self) -> None:
             routes = {"/encode": service.encode, "/search": service.search}
-            if self.path not in routes:
-                status = HTTPStatus.METHOD_NOT_ALLOWED if self.path in ("/health", "/info") else HTTPStatus.NOT_FOUND
-                self._reply(status, {"error": f"no POST endpoint {self.path}"})
+            if self.route not in routes:
+                status = HTTPStatus.METHOD_NOT_ALLOWED if self.route in ("/health", "/info") else HTTPStatus.NOT_FOUND
+                self._reply(status, {"error": f"no POST endpoint {self.route}"})
                 return
             try:
                 length = int(self.headers.get("Content-Length", ""))
@@ -187,11 +192,11 @@ def _handler(service: SearchService, quiet: bool) -> type[BaseHTTPRequestHandler
                 self._reply(HTTPStatus.BAD_REQUEST, {"error": f"the body is not valid JSON: {exc}"})
                 return
             try:
-                self._reply(HTTPStatus.OK, routes[self.path](request))
+                self._reply(HTTPStatus.OK, routes[self.route](request))
             except RequestError as exc:
                 self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
             except Exception:  # noqa: BLE001 - report, keep serving, leak no internals
-                log.exception("error while serving %s", self.path)
+                log.exception("error while serving %s", self.route)
                 self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error (see the server log)"})
 
         def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
