@@ -76,6 +76,7 @@ def topk_numpy(
         raise ValueError(f"k must be in [1, {n}], got {k}")
     dtype = dist_dtype(nbits)
     big = nbits + 1  # "no candidate yet": a distance no code reaches
+    query_block = max(1, min(query_block, 2**22 // k))  # bound the (block x k) buffers for large k
     # Sort keys (row, distance, position) fit in int64 for any realistic size.
     if (query_block + 1) * (big + 1) * (n + 1) >= 2**62:
         raise ValueError(f"index too large for the numpy top-k key ({n} items, {nbits} bits)")
@@ -136,7 +137,7 @@ def radius_numpy(
         hit_r = np.concatenate(parts_r) if parts_r else np.empty(0, np.int64)
         hit_i = np.concatenate(parts_i) if parts_i else np.empty(0, np.int64)
         hit_d = np.concatenate(parts_d) if parts_d else np.empty(0, np.uint16)
-        # Hits arrive by position within each row; a stable sort by (row, distance) keeps that order.
+        # Order by row, then distance, then position (PROTOCOL.md's ranking within each query).
         order = np.lexsort((hit_i, hit_d, hit_r))
         hit_r, hit_i, hit_d = hit_r[order], hit_i[order], hit_d[order]
         bounds = np.searchsorted(hit_r, np.arange(b + 1))
@@ -194,7 +195,7 @@ if HAVE_NUMBA:
 
     # The hot scans: the next position at or after ``i`` whose distance is below ``bound`` (or n),
     # specialised for one and two words per code. Keeping the rare candidate handling out of
-    # these loops roughly halves the time per item.
+    # these loops made the scan about 1.8x faster in a measurement on this project's machine.
     @numba.njit(nogil=True, cache=True)
     def _next1(qw, flat, q, i, bound):
         q0, n = qw[q, 0], flat.shape[0]
