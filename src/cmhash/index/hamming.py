@@ -58,6 +58,7 @@ class HammingIndex:
         self._words = kernels.to_words(np.empty((0, self._nbytes), dtype=np.uint8))
         self._n = 0
         self._ids: np.ndarray | None = None  # None: ids are insertion positions
+        self._wide: np.ndarray | None = None  # uint64 copy of narrow words for the numba kernel
 
     # ------------------------------------------------------------------ basics
     @property
@@ -193,7 +194,7 @@ class HammingIndex:
             pos = np.empty((qw.shape[0], k), dtype=np.int64)
             dist = np.empty((qw.shape[0], k), dtype=np.uint16)
         elif self.kernel == "numba":
-            pos, dist = kernels.topk_numba(qw, self._words[: self._n], k, self._nbits)
+            pos, dist = kernels.topk_numba(qw, self._numba_words(), k, self._nbits)
         else:
             pos, dist = kernels.topk_numpy(qw, self._words[: self._n], k, self._nbits)
         return self._to_ids(pos), dist
@@ -209,6 +210,16 @@ class HammingIndex:
             return [empty for _ in range(qw.shape[0])]
         hits = kernels.radius_numpy(qw, self._words[: self._n], int(radius), self._nbits)
         return [(self._to_ids(pos), dist) for pos, dist in hits]
+
+    def _numba_words(self) -> np.ndarray:
+        """The scan words as uint64 (the numba kernel's one word type), widened once and kept
+        until the next add when the codes fit in narrower words."""
+        words = self._words[: self._n]
+        if words.dtype == np.uint64:
+            return words
+        if self._wide is None or len(self._wide) != self._n:
+            self._wide = words.astype(np.uint64)
+        return self._wide
 
     def _to_ids(self, positions: np.ndarray) -> np.ndarray:
         return positions if self._ids is None else self._ids[positions]

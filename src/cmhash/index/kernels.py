@@ -283,7 +283,9 @@ def topk_numba(
         raise ValueError(f"k must be in [1, {n}], got {k}")
     capacity = max(k + 1, 4 * k, 1024) if capacity is None else max(int(capacity), k + 1)
     nq = qw.shape[0]
-    qw, dw = np.ascontiguousarray(qw), np.ascontiguousarray(dw)
+    # One word type for the compiled kernel: narrower words (codes of <= 4 bytes) are widened to
+    # uint64, which leaves every XOR-popcount unchanged and compiles one specialisation, not four.
+    qw, dw = np.ascontiguousarray(qw, dtype=np.uint64), np.ascontiguousarray(dw, dtype=np.uint64)
     idx_out = np.empty((nq, k), dtype=np.int64)
     dist_out = np.empty((nq, k), dtype=np.uint16)
     # Queries are independent: split them over threads (the kernel releases the GIL). A plain
