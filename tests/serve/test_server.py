@@ -91,6 +91,27 @@ def test_search_by_features_equals_the_index(server, trained):
         assert got == {"ids": ids.tolist(), "distances": dist.tolist()}
 
 
+def test_concurrent_requests_get_their_own_answers(server, trained):
+    url, index = server
+    data, model, _ = trained
+    text = data.query.text[:8]
+    ids, dist = index.search(model.encode("text", text), 10)
+    replies: dict[int, tuple] = {}
+
+    def ask(i: int) -> None:
+        replies[i] = call(url, "/search", {"modality": "text", "features": text[i : i + 1].tolist(), "k": 10})
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(text))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert sorted(replies) == list(range(len(text)))
+    for i, (status, reply) in replies.items():
+        assert status == 200
+        assert reply["results"] == [{"ids": ids[i].tolist(), "distances": dist[i].tolist()}]
+
+
 def test_encode_then_search_by_codes(server, trained):
     url, index = server
     data, model, _ = trained
