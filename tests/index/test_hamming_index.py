@@ -154,6 +154,8 @@ def test_bad_input_gives_clear_errors():
         HammingIndex(24, backend="gpu")
     with pytest.raises(ValueError, match="nbits must be a positive integer"):
         HammingIndex(0)
+    with pytest.raises(ValueError, match="at most 65535"):
+        HammingIndex(70_000)
     plain = HammingIndex.from_codes(db)
     with pytest.raises(ValueError, match="has no ids"):
         plain.add(db[:1], ids=[99])

@@ -23,6 +23,7 @@ from cmhash.io import META_KEY, load_arrays, save_arrays
 FORMAT = "cmhash-hamming-index"
 FORMAT_VERSION = 1
 BACKENDS = ("auto", "numpy", "numba")
+MAX_BITS = 65_535
 
 
 def codes_checksum(data: np.ndarray, ids: np.ndarray | None) -> str:
@@ -50,6 +51,8 @@ class HammingIndex:
     def __init__(self, nbits: int, *, backend: str = "auto", info: dict[str, Any] | None = None):
         if isinstance(nbits, bool) or int(nbits) != nbits or nbits < 1:
             raise ValueError(f"nbits must be a positive integer, got {nbits!r}")
+        if nbits > MAX_BITS:
+            raise ValueError(f"nbits must be at most {MAX_BITS} (distances are uint16), got {nbits}")
         self._nbits = int(nbits)
         self.backend = backend
         self.info: dict[str, Any] = dict(info or {})
