@@ -138,8 +138,11 @@ def index_build(
         "split": "database", "split_seed": seed,
         "ids": "dataset ids" if database.ids is not None else "positions in the database split",
     }
-    index = HammingIndex.from_codes(codes, ids=database.ids, info=info)
-    index.save(out)
+    try:
+        index = HammingIndex.from_codes(codes, ids=database.ids, info=info)
+        index.save(out)
+    except (ValueError, OSError) as exc:
+        fail(f"cannot build the index: {exc}")
     console.print(f"wrote {out}: {len(index)} {modality} codes of {index.nbits} bits ({data.name}, {hash_model.method})")
 
 

@@ -202,6 +202,13 @@ def test_save_load_round_trip(tmp_path, ids):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db.index.npz"]  # no temp files left
 
 
+def test_info_must_be_json_ready(tmp_path):
+    index = HammingIndex(8, info={"when": object()})
+    with pytest.raises(ValueError, match="info must be JSON-ready"):
+        index.save(tmp_path / "x.npz")
+    assert not list(tmp_path.iterdir())
+
+
 def _saved(tmp_path):
     rng = np.random.default_rng(9)
     index = HammingIndex.from_codes(rng.choice([-1, 1], size=(2000, 64)))

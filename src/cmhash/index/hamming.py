@@ -230,6 +230,10 @@ class HammingIndex:
     # ----------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         """Write the index to ``path`` (one .npz, atomically, no pickles) with a checksum."""
+        try:
+            json.dumps(self.info)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"index info must be JSON-ready (str, numbers, lists, dicts): {exc}") from exc
         data = np.ascontiguousarray(self._packed())
         arrays = {"codes": data}
         if self._ids is not None:
