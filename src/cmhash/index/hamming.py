@@ -44,8 +44,8 @@ class HammingIndex:
     none, in which case an item's id is its insertion position. ``search`` and ``range_search``
     return ids and distances ranked by distance, then insertion order. ``backend`` picks the
     top-k kernel: ``"numpy"``, ``"numba"`` (the ``fast`` extra) or ``"auto"`` (numba when
-    installed); both give identical results. Radius search always runs on numpy. ``info`` is a JSON-ready dict saved with the index (e.g. which
-    modality and dataset the codes came from).
+    installed); both give identical results. Radius search always runs on numpy. ``info`` is a
+    JSON-ready dict saved with the index (e.g. which modality and dataset the codes came from).
     """
 
     def __init__(self, nbits: int, *, backend: str = "auto", info: dict[str, Any] | None = None):
@@ -92,7 +92,7 @@ class HammingIndex:
 
     @property
     def codes(self) -> PackedCodes:
-        """The indexed codes in insertion order (a view)."""
+        """The indexed codes in insertion order (a view where the word layout allows, else a copy)."""
         return PackedCodes(self._packed(), self._nbits)
 
     def _packed(self) -> np.ndarray:
@@ -101,8 +101,10 @@ class HammingIndex:
 
     @property
     def ids(self) -> np.ndarray:
-        """The id of every item in insertion order."""
-        return np.arange(self._n, dtype=np.int64) if self._ids is None else self._ids
+        """The id of every item in insertion order (read-only)."""
+        ids = np.arange(self._n, dtype=np.int64) if self._ids is None else self._ids.view()
+        ids.flags.writeable = False
+        return ids
 
     def __repr__(self) -> str:
         return f"HammingIndex(n={self._n}, nbits={self._nbits}, kernel={self.kernel!r})"
