@@ -44,6 +44,22 @@ def test_map_at_all_and_at_k_match_the_reference(bits, labels, form, backend):
     assert mean_average_precision(qc, dc, ql, dl, backend=backend).ap[0] == 0.0  # query 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bits", [65, 128])
+def test_multi_word_codes_and_labels_match_the_reference(bits, backend):
+    # > 64 bits and > 64 classes: the kernels' general (multi-word) path
+    q, db, ql, dl = make_case(bits, bits=bits, classes=69, flips=20)
+    for k in (None, 9):
+        ref_map, ref_ap = map_reference(q, db, ql, dl, k)
+        res = mean_average_precision(q, db, ql, dl, topk=k, backend=backend)
+        np.testing.assert_allclose(res.ap, ref_ap, rtol=1e-12, atol=0)
+        assert res.map > 0
+    res = precision_recall_at_n(q, db, ql, dl, n=[1, 7, 60], backend=backend)
+    ref_p, ref_r = precision_recall_at_n_reference(q, db, ql, dl, [1, 7, 60])
+    np.testing.assert_allclose(res.precision, ref_p, rtol=1e-12)
+    np.testing.assert_allclose(res.recall, ref_r, rtol=1e-12)
+
+
 def test_hand_computed_ap_and_the_top_k_definition():
     # query 0000; distances 1, 0, 2, 3, 4 -> ranking 1, 0, 2, 3, 4; relevance by ranking 0,1,0,1,1
     q = np.array([[0, 0, 0, 0]])

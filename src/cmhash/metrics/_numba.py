@@ -33,31 +33,40 @@ def _popcount(typingctx, x):
 
 
 @njit(cache=True, nogil=True)
-def _distances_and_histograms(qw, dw, qm, dm, qi, dist, rel, h_all, h_rel):
-    """Distance and relevance of every item to query ``qi``; histograms over distance."""
+def _distances_and_histograms(qw, dw, qm, dm, qi, code, h_all, h_rel):
+    """Pass 1 for query ``qi``: ``code[i]`` = 2 * distance + relevant; histograms over distance."""
     n, nw, nl = dw.shape[0], dw.shape[1], dm.shape[1]
+    if nw == 1 and nl == 1:  # codes of <= 64 bits, <= 64 classes: the hot path, branch-free
+        x = qw[qi, 0]
+        m = qm[qi, 0]
+        for i in range(n):
+            d = _popcount(x ^ dw[i, 0])
+            r = (m & dm[i, 0]) != 0
+            code[i] = 2 * d + r
+            h_all[d] += 1
+            h_rel[d] += r
+        return
     for i in range(n):
         d = 0
         for w in range(nw):
             d += _popcount(qw[qi, w] ^ dw[i, w])
         r = False
         for w in range(nl):
-            if (qm[qi, w] & dm[i, w]) != 0:
-                r = True
-                break
-        dist[i] = d
-        rel[i] = r
+            r |= (qm[qi, w] & dm[i, w]) != 0
+        code[i] = 2 * d + r
         h_all[d] += 1
-        if r:
-            h_rel[d] += 1
+        h_rel[d] += r
 
 
 @njit(cache=True, nogil=True)
-def _relevant_ranks(qw, dw, qm, dm, qi, nbits, dist, rel, ranks):
-    """Fill ``ranks[h-1]`` = stable rank of the h-th relevant item (h = 1..R); return R."""
+def _relevant_ranks(qw, dw, qm, dm, qi, nbits, code, ranks):
+    """Fill ``ranks[h-1]`` = stable rank of the h-th relevant item (h = 1..R); return R.
+
+    ``ranks`` needs n_db + 1 slots: irrelevant items write to a scratch slot (branch-free).
+    """
     h_all = np.zeros(nbits + 1, np.int64)
     h_rel = np.zeros(nbits + 1, np.int64)
-    _distances_and_histograms(qw, dw, qm, dm, qi, dist, rel, h_all, h_rel)
+    _distances_and_histograms(qw, dw, qm, dm, qi, code, h_all, h_rel)
     a = 0
     b = 0
     for d in range(nbits + 1):  # exclusive prefix sums: next free rank-1 / hit-1 per bucket
@@ -67,13 +76,56 @@ def _relevant_ranks(qw, dw, qm, dm, qi, nbits, dist, rel, ranks):
         h_rel[d] = b
         a += ca
         b += cb
-    for i in range(dist.shape[0]):
-        d = dist[i]
-        if rel[i]:
-            ranks[h_rel[d]] = h_all[d] + 1
-            h_rel[d] += 1
-        h_all[d] += 1
+    scratch = code.shape[0]
+    for i in range(code.shape[0]):
+        c = code[i]
+        d = c >> 1
+        r = c & 1
+        pos = h_all[d]
+        hit = h_rel[d]
+        ranks[hit if r else scratch] = pos + 1
+        h_all[d] = pos + 1
+        h_rel[d] = hit + r
     return b
+
+
+GROUP = 16  # queries per parallel task: scratch buffers are allocated once per task
+
+
+@njit(cache=True, nogil=True)
+def _rank_stats_one(qw, dw, qm, dm, qi, nbits, k, want_ap, n_grid, recall_grid, code, ranks, best,
+                    out_r, out_rk, out_ap, out_hits, out_pr):
+    r_all = _relevant_ranks(qw, dw, qm, dm, qi, nbits, code, ranks)
+    out_r[qi] = r_all
+    rk = 0
+    s = 0.0
+    while rk < r_all and ranks[rk] <= k:
+        if want_ap:
+            s += (rk + 1) / ranks[rk]
+        rk += 1
+    out_rk[qi] = rk
+    out_ap[qi] = s / rk if rk > 0 else 0.0
+    h = 0
+    for g in range(n_grid.shape[0]):
+        while h < r_all and ranks[h] <= n_grid[g]:
+            h += 1
+        out_hits[qi, g] = h
+    if recall_grid.shape[0] > 0:
+        if r_all == 0:
+            for g in range(recall_grid.shape[0]):
+                out_pr[qi, g] = np.nan
+            return
+        m = 0.0
+        for j in range(r_all - 1, -1, -1):  # best[j] = max precision at hits >= j+1
+            p = (j + 1) / ranks[j]
+            if p > m:
+                m = p
+            best[j] = m
+        j = 0
+        for g in range(recall_grid.shape[0]):  # grid ascending: first hit with recall >= rho
+            while j < r_all - 1 and (j + 1) / r_all < recall_grid[g]:
+                j += 1
+            out_pr[qi, g] = best[j]
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -81,53 +133,20 @@ def rank_kernel(qw, dw, qm, dm, nbits, k, want_ap, n_grid, recall_grid,
                 out_r, out_rk, out_ap, out_hits, out_pr):
     """Per query: R, R_k, AP@k (summed in rank order), hits at each N, interpolated precision."""
     nq, n = qw.shape[0], dw.shape[0]
-    for qi in prange(nq):
-        dist = np.empty(n, np.uint16)
-        rel = np.empty(n, np.bool_)
-        ranks = np.empty(n, np.int64)
-        r_all = _relevant_ranks(qw, dw, qm, dm, qi, nbits, dist, rel, ranks)
-        out_r[qi] = r_all
-        rk = 0
-        s = 0.0
-        while rk < r_all and ranks[rk] <= k:
-            if want_ap:
-                s += (rk + 1) / ranks[rk]
-            rk += 1
-        out_rk[qi] = rk
-        out_ap[qi] = s / rk if rk > 0 else 0.0
-        h = 0
-        for g in range(n_grid.shape[0]):
-            while h < r_all and ranks[h] <= n_grid[g]:
-                h += 1
-            out_hits[qi, g] = h
-        if recall_grid.shape[0] > 0:
-            if r_all == 0:
-                for g in range(recall_grid.shape[0]):
-                    out_pr[qi, g] = np.nan
-            else:
-                best = np.empty(r_all)
-                m = 0.0
-                for j in range(r_all - 1, -1, -1):  # best[j] = max precision at hits >= j+1
-                    p = (j + 1) / ranks[j]
-                    if p > m:
-                        m = p
-                    best[j] = m
-                j = 0
-                for g in range(recall_grid.shape[0]):  # grid ascending: first hit with recall >= rho
-                    while j < r_all - 1 and (j + 1) / r_all < recall_grid[g]:
-                        j += 1
-                    out_pr[qi, g] = best[j]
+    for task in prange((nq + GROUP - 1) // GROUP):
+        code = np.empty(n, np.uint32)
+        ranks = np.empty(n + 1, np.int64)
+        best = np.empty(n if recall_grid.shape[0] > 0 else 0)
+        for qi in range(task * GROUP, min(nq, (task + 1) * GROUP)):
+            _rank_stats_one(qw, dw, qm, dm, qi, nbits, k, want_ap, n_grid, recall_grid, code,
+                            ranks, best, out_r, out_rk, out_ap, out_hits, out_pr)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def histogram_kernel(qw, dw, qm, dm, out_all, out_rel):
     """Per query: number of items, and of relevant items, at each distance 0..L."""
     nq, n = qw.shape[0], dw.shape[0]
-    for qi in prange(nq):
-        dist = np.empty(n, np.uint16)
-        rel = np.empty(n, np.bool_)
-        h_all = np.zeros(out_all.shape[1], np.int64)
-        h_rel = np.zeros(out_all.shape[1], np.int64)
-        _distances_and_histograms(qw, dw, qm, dm, qi, dist, rel, h_all, h_rel)
-        out_all[qi, :] = h_all
-        out_rel[qi, :] = h_rel
+    for task in prange((nq + GROUP - 1) // GROUP):
+        code = np.empty(n, np.uint32)
+        for qi in range(task * GROUP, min(nq, (task + 1) * GROUP)):
+            _distances_and_histograms(qw, dw, qm, dm, qi, code, out_all[qi], out_rel[qi])
