@@ -116,19 +116,19 @@ GROUP = 16  # queries per parallel task: scratch buffers are allocated once per 
 
 
 @njit(cache=True, nogil=True)
-def _rank_stats_one(qw, dw, qm, dm, qi, nbits, k, want_ap, n_grid, recall_grid, buf, ranks, best,
+def _rank_stats_one(qw, dw, qm, dm, qi, nbits, k, ap_scale, n_grid, recall_grid, buf, ranks, best,
                     out_r, out_rk, out_ap, out_hits, out_pr):
     """All rank statistics of query ``qi`` from the ranks of its relevant items."""
     r_all = _relevant_ranks(qw, dw, qm, dm, qi, nbits, buf, ranks)
     out_r[qi] = r_all
     rk = 0
-    s = 0.0
+    s = 0  # fixed point (see kernels.ap_scale): exact, so the order of the sum cannot matter
     while rk < r_all and ranks[rk] <= k:
-        if want_ap:
-            s += (rk + 1) / ranks[rk]
+        if ap_scale > 0:
+            s += np.int64(np.rint((rk + 1) / ranks[rk] * ap_scale))
         rk += 1
     out_rk[qi] = rk
-    out_ap[qi] = s / rk if rk > 0 else 0.0
+    out_ap[qi] = s / ap_scale / rk if rk > 0 and ap_scale > 0 else 0.0
     h = 0
     for g in range(n_grid.shape[0]):
         while h < r_all and ranks[h] <= n_grid[g]:
@@ -153,16 +153,16 @@ def _rank_stats_one(qw, dw, qm, dm, qi, nbits, k, want_ap, n_grid, recall_grid, 
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def rank_kernel(qw, dw, qm, dm, nbits, k, want_ap, n_grid, recall_grid,
+def rank_kernel(qw, dw, qm, dm, nbits, k, ap_scale, n_grid, recall_grid,
                 out_r, out_rk, out_ap, out_hits, out_pr):
-    """Per query: R, R_k, AP@k (summed in rank order), hits at each N, interpolated precision."""
+    """Per query: R, R_k, AP@k (``ap_scale`` 0: skipped), hits at each N, interpolated precision."""
     nq, n = qw.shape[0], dw.shape[0]
     for task in prange((nq + GROUP - 1) // GROUP):
         buf = np.empty(n, np.int64)
         ranks = np.empty(n, np.int64)
         best = np.empty(n if recall_grid.shape[0] > 0 else 0)
         for qi in range(task * GROUP, min(nq, (task + 1) * GROUP)):
-            _rank_stats_one(qw, dw, qm, dm, qi, nbits, k, want_ap, n_grid, recall_grid, buf,
+            _rank_stats_one(qw, dw, qm, dm, qi, nbits, k, ap_scale, n_grid, recall_grid, buf,
                             ranks, best, out_r, out_rk, out_ap, out_hits, out_pr)
 
 
