@@ -263,5 +263,7 @@ def test_bad_arguments_are_clear_errors():
             pr_curve(q, db, ql, dl, recall_grid=grid)
     with pytest.raises(ValueError, match="backend"):
         mean_average_precision(q, db, ql, dl, backend="gpu")
+    with pytest.raises(ValueError, match="65536 bits"):
+        mean_average_precision(np.ones((1, 65536)), np.ones((2, 65536)), [1], [1, 0])
     with pytest.raises(ValueError, match="single-label class indices|1-D"):
         mean_average_precision(q, db, np.array([0.5] * 8), np.zeros(60))

@@ -76,13 +76,12 @@ def _first_hit_reaching(recall_grid: np.ndarray, r_all: np.ndarray) -> np.ndarra
     """(rows x levels) smallest h in 1..R with h/R >= rho (R if none): the numba kernel's scan."""
     r = r_all[:, None].astype(np.float64)
     h = np.clip(np.ceil(recall_grid[None, :] * r), 1, r).astype(np.int64)
-    for _ in range(4):  # float rounding can put the ceiling one off either way
+    while True:  # float rounding can put the ceiling one off either way; h/R is monotone in h
         down = (h > 1) & ((h - 1) / r >= recall_grid)
         up = (h < r) & (h / r < recall_grid)
         if not (down.any() or up.any()):
-            break
+            return h
         h = h - down + up
-    return h
 
 
 def _numpy_rank_block(dist, rel, k, scale, n_grid, recall_grid) -> RankStats:

@@ -16,6 +16,8 @@ from cmhash.codes import CodesLike, PackedCodes, as_packed
 
 __all__ = ["Retrieval", "prepare", "label_masks", "relevance_matrix"]
 
+MAX_BITS = 65535  # distances are kept in 16-bit fields
+
 
 def _labels_matrix(labels, *, name: str, classes: np.ndarray | None = None) -> np.ndarray:
     """Multi-hot bool matrix from a 2-D {0,1} matrix or 1-D class indices (one-hot over ``classes``)."""
@@ -97,6 +99,8 @@ def prepare(query_codes: CodesLike, db_codes: CodesLike, query_labels, db_labels
     db = as_packed(db_codes, name="db_codes")
     if q.nbits != db.nbits:
         raise ValueError(f"query_codes have {q.nbits} bits but db_codes have {db.nbits} bits")
+    if q.nbits > MAX_BITS:
+        raise ValueError(f"codes of {q.nbits} bits: the metrics support up to {MAX_BITS} bits")
     if len(q) == 0:
         raise ValueError("query_codes: no queries to evaluate")
     if len(db) == 0:
