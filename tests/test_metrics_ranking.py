@@ -267,3 +267,23 @@ def test_bad_arguments_are_clear_errors():
         mean_average_precision(np.ones((1, 65536)), np.ones((2, 65536)), [1], [1, 0])
     with pytest.raises(ValueError, match="single-label class indices|1-D"):
         mean_average_precision(q, db, np.array([0.5] * 8), np.zeros(60))
+
+
+def test_without_numba_auto_uses_numpy_and_numba_is_a_clear_error(monkeypatch):
+    from cmhash.metrics import kernels
+
+    monkeypatch.setattr(kernels, "numba_available", lambda: False)
+    monkeypatch.setattr(kernels, "_AUTO_NUMBA_MIN_WORK", 0)
+    assert kernels.resolve_backend("auto", 10**9) == "numpy"
+    q, db, ql, dl = make_case(12)
+    ref_map, _ = map_reference(q, db, ql, dl)
+    assert mean_average_precision(q, db, ql, dl).map == pytest.approx(ref_map, rel=1e-12)
+    with pytest.raises(ValueError, match=r"pip install 'cmhash\[fast\]'"):
+        mean_average_precision(q, db, ql, dl, backend="numba")
+
+
+def test_auto_backend_choice():
+    from cmhash.metrics.kernels import resolve_backend
+
+    assert resolve_backend("auto", 1000) == "numpy"  # small: no JIT start-up
+    assert resolve_backend("auto", 10**9) == ("numba" if numba_available() else "numpy")
