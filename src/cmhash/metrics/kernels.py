@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from cmhash.codes import _words, iter_hamming_blocks
-from cmhash.metrics.relevance import Retrieval, relevance_matrix
+from cmhash.metrics.relevance import Retrieval
 
 __all__ = ["BACKENDS", "CHUNK", "RankStats", "ap_scale", "numba_available", "resolve_backend",
            "iter_rank_stats", "distance_histograms"]
@@ -134,9 +134,8 @@ def _numpy_rank_block(dist, rel, k, scale, n_grid, recall_grid) -> RankStats:
 
 def _numpy_rank_chunk(ret: Retrieval, sl: slice, k, scale, n_grid, recall_grid) -> RankStats:
     parts = []
-    sub = ret.query[sl]
-    for bsl, dist in iter_hamming_blocks(sub, ret.database, block=_NUMPY_BLOCK):
-        rel = relevance_matrix(ret.query_masks[sl][bsl], ret.db_masks)
+    for bsl, dist in iter_hamming_blocks(ret.query[sl], ret.database, block=_NUMPY_BLOCK):
+        rel = ret.relevance(slice(sl.start + bsl.start, sl.start + bsl.stop))
         parts.append(_numpy_rank_block(dist, rel, k, scale, n_grid, recall_grid))
     return RankStats(*(np.concatenate([getattr(p, f) for p in parts])
                        for f in ("relevant", "relevant_at_k", "ap", "hits", "interp_precision")))
@@ -193,7 +192,7 @@ def distance_histograms(ret: Retrieval, *, backend: str = "auto") -> tuple[np.nd
                                 ret.db_masks, h_all, h_rel)
         return h_all, h_rel
     for sl, dist in iter_hamming_blocks(ret.query, ret.database, block=64):
-        rel = relevance_matrix(ret.query_masks[sl], ret.db_masks)
+        rel = ret.relevance(sl)
         idx = dist + (np.arange(dist.shape[0], dtype=np.int64) * nb)[:, None]
         size = dist.shape[0] * nb
         h_all[sl] = np.bincount(idx.ravel(), minlength=size).reshape(-1, nb)

@@ -9,6 +9,7 @@ a label" is ``(query_mask & db_mask) != 0`` on each word.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -76,9 +77,19 @@ class Retrieval:
     def n_db(self) -> int:
         return len(self.database)
 
+    @cached_property
+    def _db_patterns(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct database label masks and each item's pattern number (few patterns, many items)."""
+        patterns, ids = np.unique(self.db_masks, axis=0, return_inverse=True)
+        return patterns, ids.reshape(-1).astype(np.intp)
+
     def relevance(self, queries: slice | np.ndarray = slice(None)) -> np.ndarray:
-        """Relevance of every database item to the selected queries: bool (n_selected x n_db)."""
-        return relevance_matrix(self.query_masks[queries], self.db_masks)
+        """Relevance of every database item to the selected queries: bool (n_selected x n_db).
+
+        Computed once per distinct database label pattern, then gathered per item.
+        """
+        patterns, ids = self._db_patterns
+        return np.take(relevance_matrix(self.query_masks[queries], patterns), ids, axis=1)
 
 
 def relevance_matrix(query_masks: np.ndarray, db_masks: np.ndarray) -> np.ndarray:
