@@ -27,6 +27,7 @@ _LAZY = {
     "precision_at_radius": "cmhash.metrics.lookup",
     "fisher_ratio": "cmhash.metrics.discrimination",
     "evaluate": "cmhash.evaluation",
+    "HammingIndex": "cmhash.index",
 }
 
 __all__ = ["__version__", *_LAZY]

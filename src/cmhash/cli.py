@@ -172,6 +172,73 @@ def report_cmd(
     console.print(f"report: {path}")
 
 
+# -------------------------------------------------- Hamming index and search server (index / serve)
+index_app = typer.Typer(no_args_is_help=True, help="Build and inspect Hamming indexes of database codes.")
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    model: str = typer.Argument(..., help="saved model file, or a folder holding model.npz"),
+    dataset: str = typer.Option(..., help="benchmark name or data file(s), as cmhash.load_dataset takes"),
+    out: str = typer.Option(..., help="index file to write (.npz)"),
+    modality: str = typer.Option("image", help="modality of the database codes (image or text)"),
+    protocol: Optional[str] = typer.Option(None, help="split protocol (default: the benchmark's)"),
+    seed: int = typer.Option(0, help="split seed"),
+) -> None:
+    """Encode a dataset's database split with a saved model and save a HammingIndex of the codes."""
+    from cmhash.data.protocols import load_dataset
+    from cmhash.evaluation import database_codes
+    from cmhash.index import HammingIndex
+    from cmhash.methods.base import HashModel
+    from cmhash.serve import resolve_model_path
+
+    try:
+        model_path = resolve_model_path(model)
+        hash_model = HashModel.load(model_path)
+        data = load_dataset(dataset, protocol=protocol, seed=seed)
+        database = data.database
+        codes = database_codes(hash_model, database, modality)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    info = {
+        "modality": modality, "model": str(model_path), "method": hash_model.method,
+        "dataset": data.name, "dataset_checksum": data.checksum(), "protocol": data.info.get("protocol"),
+        "split": "database", "split_seed": seed,
+        "ids": "dataset ids" if database.ids is not None else "positions in the database split",
+    }
+    try:
+        index = HammingIndex.from_codes(codes, ids=database.ids, info=info)
+        index.save(out)
+    except (ValueError, OSError) as exc:
+        fail(f"cannot build the index: {exc}")
+    console.print(f"wrote {out}: {len(index)} {modality} codes of {index.nbits} bits ({data.name}, {hash_model.method})")
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Option(..., help="saved model file, or a folder holding model.npz"),
+    index: str = typer.Option(..., help="index file written by `cmhash index build`"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port to listen on (0: any free port)"),
+) -> None:
+    """Serve /health, /info, /encode and /search over HTTP until interrupted."""
+    from cmhash.serve import load_service, make_server
+
+    try:
+        server = make_server(load_service(model, index), host, port)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        fail(str(exc))
+    bound_host, bound_port = server.server_address[:2]
+    console.print(f"serving {index} on http://{bound_host}:{bound_port} (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def _parse_ints(text: str, name: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

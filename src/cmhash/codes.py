@@ -141,12 +141,17 @@ def iter_hamming_blocks(
     """Yield (query slice, distances block) with distances (block x n_db) as uint16."""
     q, db = _check_pair(query, database)
     qw, dw = _words(q), _words(db)
+    columns = [np.ascontiguousarray(dw[:, w]) for w in range(dw.shape[1])]
+    xor = np.empty((min(block, len(q)), dw.shape[0]), dtype=np.uint64)  # scratch, reused
+    count = np.empty(xor.shape, dtype=np.uint8)
     for start in range(0, len(q), block):
         sl = slice(start, min(start + block, len(q)))
-        qb = qw[sl]
-        dist = np.zeros((qb.shape[0], dw.shape[0]), dtype=np.uint16)
-        for w in range(qw.shape[1]):
-            dist += np.bitwise_count(qb[:, w, None] ^ dw[None, :, w]).astype(np.uint16)
+        b = sl.stop - sl.start
+        dist = np.zeros((b, dw.shape[0]), dtype=np.uint16)  # a fresh array: callers may keep it
+        for w, column in enumerate(columns):
+            np.bitwise_xor(qw[sl, w, None], column[None, :], out=xor[:b])
+            np.bitwise_count(xor[:b], out=count[:b])
+            dist += count[:b]
         yield sl, dist
 
 

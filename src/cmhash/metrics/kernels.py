@@ -6,8 +6,8 @@
 * :func:`distance_histograms` — per query, the number of items and of relevant items at each
   distance 0..L (enough for lookup metrics and tie-aware AP).
 
-Both backends return bit-identical numbers: AP is summed in rank order, one relevant item at a
-time, in both; everything else is integer counts or exact maxima. numpy alone is always
+Both backends return bit-identical numbers: AP terms are added in fixed point (exact, see
+:func:`ap_scale`); everything else is integer counts or exact maxima. numpy alone is always
 correct; numba (``pip install cmhash[fast]``) makes large problems fast. Queries are processed in
 fixed chunks of :data:`CHUNK` so that any reduction over queries done by a caller sees the same
 blocks whatever the backend or thread count.
@@ -21,14 +21,14 @@ from typing import Iterator
 import numpy as np
 
 from cmhash.codes import _words, iter_hamming_blocks
-from cmhash.metrics.relevance import Retrieval, relevance_matrix
+from cmhash.metrics.relevance import Retrieval
 
-__all__ = ["BACKENDS", "CHUNK", "RankStats", "numba_available", "resolve_backend",
+__all__ = ["BACKENDS", "CHUNK", "RankStats", "ap_scale", "numba_available", "resolve_backend",
            "iter_rank_stats", "distance_histograms"]
 
 BACKENDS = ("auto", "numpy", "numba")
 CHUNK = 512  # queries per chunk handed to a backend (and per reduction block)
-_NUMPY_BLOCK = 16  # queries per numpy sort block (memory: ~ 40 bytes x block x n_db)
+_NUMPY_BLOCK = 32  # queries per numpy sort block (memory: ~ 20 bytes x block x n_db)
 _AUTO_NUMBA_MIN_WORK = 20_000_000  # n_query x n_db from which "auto" prefers numba
 
 
@@ -64,42 +64,84 @@ class RankStats:
     interp_precision: np.ndarray  # (chunk x len(recall_grid)); NaN where R = 0
 
 
-def _numpy_rank_block(dist, rel, k, want_ap, n_grid, recall_grid) -> RankStats:
+def ap_scale(n_db: int) -> float:
+    """Fixed-point unit of the AP sums: each term h/rank is rounded to a multiple of 1/scale and the
+    terms are added as int64, exactly, so AP does not depend on summation order, block size,
+    thread count or backend. scale = 2^(62 - bits(n_db)) keeps sums of up to n_db terms <= 1 in
+    int64; the rounding moves an AP by at most 1/(2 scale) (2.8e-14 for 190,000 items)."""
+    return float(2.0 ** (62 - int(n_db).bit_length()))
+
+
+def _first_hit_reaching(recall_grid: np.ndarray, r_all: np.ndarray) -> np.ndarray:
+    """(rows x levels) smallest h in 1..R with h/R >= rho (R if none): the numba kernel's scan."""
+    r = r_all[:, None].astype(np.float64)
+    h = np.clip(np.ceil(recall_grid[None, :] * r), 1, r).astype(np.int64)
+    while True:  # float rounding can put the ceiling one off either way; h/R is monotone in h
+        down = (h > 1) & ((h - 1) / r >= recall_grid)
+        up = (h < r) & (h / r < recall_grid)
+        if not (down.any() or up.any()):
+            return h
+        h = h - down + up
+
+
+def _numpy_rank_block(dist, rel, k, scale, n_grid, recall_grid) -> RankStats:
+    """Rank statistics of a block of queries from one sort of unique keys (distance, index, relevance).
+
+    The key orders items exactly as the stable ranking (index breaks ties; relevance is the lowest
+    bit and never decides), so numpy's fast unstable sort serves, and the sorted positions of the
+    relevant items are their ranks. Everything after the sort touches relevant items only.
+    """
     b, n = dist.shape
-    order = np.argsort(dist, axis=1, kind="stable")  # radix sort on uint16: O(n) per row
-    rel_s = np.take_along_axis(rel, order, axis=1)
-    del order
-    hits = np.cumsum(rel_s, axis=1, dtype=np.int64)
-    r_all, r_k = hits[:, -1].copy(), hits[:, k - 1].copy()
+    idx_bits = max(1, (n - 1).bit_length())
+    key_dtype = np.uint32 if int(dist.max(initial=0)).bit_length() + idx_bits + 1 <= 32 else np.uint64
+    key = dist.astype(key_dtype) << key_dtype(idx_bits + 1)
+    key |= np.arange(n, dtype=key_dtype) << key_dtype(1)
+    key |= rel
+    key.sort(axis=1)
+    flat = np.flatnonzero((key & key_dtype(1)).astype(bool))  # relevant, rank order, row by row
+    del key
+    starts = np.searchsorted(flat, np.arange(b + 1) * n)
+    r_all = np.diff(starts)
+    rows = np.repeat(np.arange(b), r_all)
+    rank = flat - rows * n + 1  # 1-based stable rank
+    hit = np.arange(1, flat.size + 1) - starts[rows]  # relevant items up to and including it
+    del flat
+    # rank order within each row makes (row, rank) ascending over the block: counts by searchsorted
+    order_key = rows * (n + 1) + rank
+    ends_k = np.searchsorted(order_key, np.arange(b) * (n + 1) + k, side="right")
+    r_k = ends_k - starts[:-1]
     ap = np.zeros(b)
-    if want_ap:
-        contrib = np.where(rel_s[:, :k], hits[:, :k] / np.arange(1, k + 1), 0.0)
-        s = np.cumsum(contrib, axis=1)[:, -1]  # sequential: the same sum, in rank order, as numba
-        np.divide(s, r_k, out=ap, where=r_k > 0)
-    out_hits = hits[:, n_grid - 1]
+    if scale > 0:
+        terms = hit / rank
+        terms *= scale
+        np.rint(terms, out=terms)
+        csum = np.zeros(terms.size + 1, np.int64)
+        np.cumsum(terms.astype(np.int64), out=csum[1:])  # int64: exact
+        s = csum[ends_k] - csum[starts[:-1]]
+        np.divide(s / scale, r_k, out=ap, where=r_k > 0)
+    probe = np.arange(b)[:, None] * (n + 1) + n_grid[None, :]
+    hits = np.searchsorted(order_key, probe, side="right") - starts[:-1, None]
     pr = np.full((b, recall_grid.size), np.nan)
-    if recall_grid.size:
-        best = np.maximum.accumulate((hits / np.arange(1, n + 1))[:, ::-1], axis=1)[:, ::-1]
-        has = r_all > 0
-        recall = hits[has] / r_all[has, None]
-        rows = np.arange(recall.shape[0])
-        for g, rho in enumerate(recall_grid):
-            first = np.argmax(recall >= rho, axis=1)
-            pr[has, g] = best[has][rows, first]
-    return RankStats(r_all, r_k, ap, out_hits, pr)
+    has = np.flatnonzero(r_all > 0)
+    if recall_grid.size and has.size:
+        precision = np.append(hit / rank, 0.0)  # sentinel so a segment may end at the last item
+        first = starts[has, None] + _first_hit_reaching(recall_grid, r_all[has]) - 1
+        for g in range(recall_grid.size):  # max over hits >= h_min: segments [first, row end)
+            bounds = np.stack([first[:, g], starts[has + 1]], axis=1).ravel()
+            pr[has, g] = np.maximum.reduceat(precision, bounds)[::2]
+    return RankStats(r_all.astype(np.int64), r_k.astype(np.int64), ap, hits.astype(np.int64), pr)
 
 
-def _numpy_rank_chunk(ret: Retrieval, sl: slice, k, want_ap, n_grid, recall_grid) -> RankStats:
+def _numpy_rank_chunk(ret: Retrieval, sl: slice, k, scale, n_grid, recall_grid) -> RankStats:
     parts = []
-    sub = ret.query[sl]
-    for bsl, dist in iter_hamming_blocks(sub, ret.database, block=_NUMPY_BLOCK):
-        rel = relevance_matrix(ret.query_masks[sl][bsl], ret.db_masks)
-        parts.append(_numpy_rank_block(dist, rel, k, want_ap, n_grid, recall_grid))
+    for bsl, dist in iter_hamming_blocks(ret.query[sl], ret.database, block=_NUMPY_BLOCK):
+        rel = ret.relevance(slice(sl.start + bsl.start, sl.start + bsl.stop))
+        parts.append(_numpy_rank_block(dist, rel, k, scale, n_grid, recall_grid))
     return RankStats(*(np.concatenate([getattr(p, f) for p in parts])
                        for f in ("relevant", "relevant_at_k", "ap", "hits", "interp_precision")))
 
 
-def _numba_rank_chunk(ret: Retrieval, sl: slice, k, want_ap, n_grid, recall_grid) -> RankStats:
+def _numba_rank_chunk(ret: Retrieval, sl: slice, k, scale, n_grid, recall_grid) -> RankStats:
     from cmhash.metrics import _numba
 
     qw = np.ascontiguousarray(_words(ret.query[sl]))
@@ -107,7 +149,7 @@ def _numba_rank_chunk(ret: Retrieval, sl: slice, k, want_ap, n_grid, recall_grid
     b = qw.shape[0]
     st = RankStats(np.empty(b, np.int64), np.empty(b, np.int64), np.zeros(b),
                    np.empty((b, n_grid.size), np.int64), np.empty((b, recall_grid.size)))
-    _numba.rank_kernel(qw, _db_words(ret), qm, ret.db_masks, ret.nbits, k, want_ap, n_grid,
+    _numba.rank_kernel(qw, _db_words(ret), qm, ret.db_masks, ret.nbits, k, scale, n_grid,
                        recall_grid, st.relevant, st.relevant_at_k, st.ap, st.hits,
                        st.interp_precision)
     return st
@@ -134,7 +176,7 @@ def iter_rank_stats(ret: Retrieval, *, k: int | None = None, want_ap: bool = Tru
                 else _numpy_rank_chunk)
     for start in range(0, ret.n_query, CHUNK):
         sl = slice(start, min(start + CHUNK, ret.n_query))
-        yield sl, chunk_fn(ret, sl, k, bool(want_ap), n_grid, recall_grid)
+        yield sl, chunk_fn(ret, sl, k, ap_scale(ret.n_db) if want_ap else 0.0, n_grid, recall_grid)
 
 
 def distance_histograms(ret: Retrieval, *, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +192,7 @@ def distance_histograms(ret: Retrieval, *, backend: str = "auto") -> tuple[np.nd
                                 ret.db_masks, h_all, h_rel)
         return h_all, h_rel
     for sl, dist in iter_hamming_blocks(ret.query, ret.database, block=64):
-        rel = relevance_matrix(ret.query_masks[sl], ret.db_masks)
+        rel = ret.relevance(sl)
         idx = dist + (np.arange(dist.shape[0], dtype=np.int64) * nb)[:, None]
         size = dist.shape[0] * nb
         h_all[sl] = np.bincount(idx.ravel(), minlength=size).reshape(-1, nb)

@@ -116,7 +116,7 @@ def _recall_grid(grid) -> np.ndarray:
     return grid
 
 
-def _topk(topk, n_db: int) -> int | None:
+def _topk(topk) -> int | None:
     if topk is None:
         return None
     if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
@@ -136,7 +136,7 @@ def ranking_report(query_codes: CodesLike, db_codes: CodesLike, query_labels, db
     if unknown:
         raise ValueError(f"parts: unknown {sorted(unknown)}; choose from 'map', 'at_n', 'pr'")
     ret = prepare(query_codes, db_codes, query_labels, db_labels)
-    return _ranking(ret, topk=_topk(topk, ret.n_db), want_map="map" in parts,
+    return _ranking(ret, topk=_topk(topk), want_map="map" in parts,
                     n_grid=_n_grid(n, ret.n_db) if "at_n" in parts else None,
                     recall_grid=_recall_grid(recall_grid) if "pr" in parts else None,
                     backend=backend)
@@ -161,7 +161,7 @@ def _ranking(ret: Retrieval, *, topk, want_map, n_grid, recall_grid, backend) ->
         if pr_sum.size:
             pr_sum += st.interp_precision[has].sum(axis=0)
     n_rel = ret.n_query - without_all
-    report = RankingReport(
+    return RankingReport(
         map=MAPResult(float(ap.mean()), ap, without_k, topk) if want_map else None,
         at_n=PrecisionRecallAtN(n_grid, p_sum / (n_grid * ret.n_query),
                                 r_sum / n_rel if n_rel else np.full(g, np.nan), without_all)
@@ -169,7 +169,6 @@ def _ranking(ret: Retrieval, *, topk, want_map, n_grid, recall_grid, backend) ->
         pr=PRCurve(recall_grid, pr_sum / n_rel if n_rel else np.full(pr_sum.size, np.nan),
                    without_all) if pr_sum.size else None,
     )
-    return report
 
 
 def mean_average_precision(query_codes: CodesLike, db_codes: CodesLike, query_labels, db_labels,
@@ -181,7 +180,7 @@ def mean_average_precision(query_codes: CodesLike, db_codes: CodesLike, query_la
     Relevance: any shared label. Ties: database index ascending.
     """
     ret = prepare(query_codes, db_codes, query_labels, db_labels)
-    return _ranking(ret, topk=_topk(topk, ret.n_db), want_map=True, n_grid=None,
+    return _ranking(ret, topk=_topk(topk), want_map=True, n_grid=None,
                     recall_grid=None, backend=backend).map
 
 

@@ -9,12 +9,15 @@ a label" is ``(query_mask & db_mask) != 0`` on each word.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from cmhash.codes import CodesLike, PackedCodes, as_packed
 
 __all__ = ["Retrieval", "prepare", "label_masks", "relevance_matrix"]
+
+MAX_BITS = 65535  # distances are kept in 16-bit fields
 
 
 def _labels_matrix(labels, *, name: str, classes: np.ndarray | None = None) -> np.ndarray:
@@ -74,9 +77,19 @@ class Retrieval:
     def n_db(self) -> int:
         return len(self.database)
 
+    @cached_property
+    def _db_patterns(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct database label masks and each item's pattern number (few patterns, many items)."""
+        patterns, ids = np.unique(self.db_masks, axis=0, return_inverse=True)
+        return patterns, ids.reshape(-1).astype(np.intp)
+
     def relevance(self, queries: slice | np.ndarray = slice(None)) -> np.ndarray:
-        """Relevance of every database item to the selected queries: bool (n_selected x n_db)."""
-        return relevance_matrix(self.query_masks[queries], self.db_masks)
+        """Relevance of every database item to the selected queries: bool (n_selected x n_db).
+
+        Computed once per distinct database label pattern, then gathered per item.
+        """
+        patterns, ids = self._db_patterns
+        return np.take(relevance_matrix(self.query_masks[queries], patterns), ids, axis=1)
 
 
 def relevance_matrix(query_masks: np.ndarray, db_masks: np.ndarray) -> np.ndarray:
@@ -97,6 +110,8 @@ def prepare(query_codes: CodesLike, db_codes: CodesLike, query_labels, db_labels
     db = as_packed(db_codes, name="db_codes")
     if q.nbits != db.nbits:
         raise ValueError(f"query_codes have {q.nbits} bits but db_codes have {db.nbits} bits")
+    if q.nbits > MAX_BITS:
+        raise ValueError(f"codes of {q.nbits} bits: the metrics support up to {MAX_BITS} bits")
     if len(q) == 0:
         raise ValueError("query_codes: no queries to evaluate")
     if len(db) == 0:

@@ -44,6 +44,22 @@ def test_map_at_all_and_at_k_match_the_reference(bits, labels, form, backend):
     assert mean_average_precision(qc, dc, ql, dl, backend=backend).ap[0] == 0.0  # query 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bits", [65, 128])
+def test_multi_word_codes_and_labels_match_the_reference(bits, backend):
+    # > 64 bits and > 64 classes: the kernels' general (multi-word) path
+    q, db, ql, dl = make_case(bits, bits=bits, classes=69, flips=20)
+    for k in (None, 9):
+        ref_map, ref_ap = map_reference(q, db, ql, dl, k)
+        res = mean_average_precision(q, db, ql, dl, topk=k, backend=backend)
+        np.testing.assert_allclose(res.ap, ref_ap, rtol=1e-12, atol=0)
+        assert res.map > 0
+    res = precision_recall_at_n(q, db, ql, dl, n=[1, 7, 60], backend=backend)
+    ref_p, ref_r = precision_recall_at_n_reference(q, db, ql, dl, [1, 7, 60])
+    np.testing.assert_allclose(res.precision, ref_p, rtol=1e-12)
+    np.testing.assert_allclose(res.recall, ref_r, rtol=1e-12)
+
+
 def test_hand_computed_ap_and_the_top_k_definition():
     # query 0000; distances 1, 0, 2, 3, 4 -> ranking 1, 0, 2, 3, 4; relevance by ranking 0,1,0,1,1
     q = np.array([[0, 0, 0, 0]])
@@ -247,5 +263,27 @@ def test_bad_arguments_are_clear_errors():
             pr_curve(q, db, ql, dl, recall_grid=grid)
     with pytest.raises(ValueError, match="backend"):
         mean_average_precision(q, db, ql, dl, backend="gpu")
+    with pytest.raises(ValueError, match="65536 bits"):
+        mean_average_precision(np.ones((1, 65536)), np.ones((2, 65536)), [1], [1, 0])
     with pytest.raises(ValueError, match="single-label class indices|1-D"):
         mean_average_precision(q, db, np.array([0.5] * 8), np.zeros(60))
+
+
+def test_without_numba_auto_uses_numpy_and_numba_is_a_clear_error(monkeypatch):
+    from cmhash.metrics import kernels
+
+    monkeypatch.setattr(kernels, "numba_available", lambda: False)
+    monkeypatch.setattr(kernels, "_AUTO_NUMBA_MIN_WORK", 0)
+    assert kernels.resolve_backend("auto", 10**9) == "numpy"
+    q, db, ql, dl = make_case(12)
+    ref_map, _ = map_reference(q, db, ql, dl)
+    assert mean_average_precision(q, db, ql, dl).map == pytest.approx(ref_map, rel=1e-12)
+    with pytest.raises(ValueError, match=r"pip install 'cmhash\[fast\]'"):
+        mean_average_precision(q, db, ql, dl, backend="numba")
+
+
+def test_auto_backend_choice():
+    from cmhash.metrics.kernels import resolve_backend
+
+    assert resolve_backend("auto", 1000) == "numpy"  # small: no JIT start-up
+    assert resolve_backend("auto", 10**9) == ("numba" if numba_available() else "numpy")

@@ -64,8 +64,9 @@ def test_queries_retrieving_nothing_are_excluded_from_macro_and_counted():
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed (extra 'fast')")
-def test_histograms_are_identical_across_backends():
-    q, db, ql, dl = make_case(8, nq=40, ndb=300, bits=24, flips=5)
+@pytest.mark.parametrize("bits, classes", [(24, 5), (100, 69)])
+def test_histograms_are_identical_across_backends(bits, classes):
+    q, db, ql, dl = make_case(8, nq=40, ndb=300, bits=bits, classes=classes, flips=5)
     ret = prepare(q, db, ql, dl)
     a_all, a_rel = distance_histograms(ret, backend="numpy")
     b_all, b_rel = distance_histograms(ret, backend="numba")

@@ -1,0 +1,337 @@
+"""HammingIndex: exact search over packed binary codes, with external ids, saved safely.
+
+Results follow PROTOCOL.md: distance ascending, ties by insertion order (the position at which an
+item was added), whatever the backend or thread count. The file format (one ``.npz`` written by
+:func:`cmhash.io.save_arrays`, no pickles) is described in docs/index.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmhash.codes import CodesLike, PackedCodes, as_packed
+from cmhash.index import kernels
+from cmhash.io import META_KEY, load_arrays, save_arrays
+
+FORMAT = "cmhash-hamming-index"
+FORMAT_VERSION = 1
+BACKENDS = ("auto", "numpy", "numba")
+MAX_BITS = 65_535
+
+
+def codes_checksum(data: np.ndarray, ids: np.ndarray | None) -> str:
+    """sha256 of the packed code bytes (and of the ids, when the index has its own)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(data).tobytes())
+    if ids is not None:
+        h.update(str(ids.dtype).encode())
+        h.update(np.ascontiguousarray(ids).tobytes())
+    return h.hexdigest()
+
+
+class HammingIndex:
+    """An exact Hamming index of ``nbits``-bit codes.
+
+    ``add(codes, ids=None)`` appends codes (:class:`PackedCodes` or a {-1,+1}/{0,1} matrix).
+    Ids are optional: an index either gives every item an id (integers or strings, unique) or
+    none, in which case an item's id is its insertion position. ``search`` and ``range_search``
+    return ids and distances ranked by distance, then insertion order. ``backend`` picks the
+    top-k kernel: ``"numpy"``, ``"numba"`` (the ``fast`` extra) or ``"auto"`` (numba when
+    installed); both give identical results. Radius search always runs on numpy. ``info`` is a
+    JSON-ready dict saved with the index (e.g. which modality and dataset the codes came from).
+    """
+
+    def __init__(self, nbits: int, *, backend: str = "auto", info: dict[str, Any] | None = None):
+        if isinstance(nbits, bool) or int(nbits) != nbits or nbits < 1:
+            raise ValueError(f"nbits must be a positive integer, got {nbits!r}")
+        if nbits > MAX_BITS:
+            raise ValueError(f"nbits must be at most {MAX_BITS} (distances are uint16), got {nbits}")
+        self._nbits = int(nbits)
+        self.backend = backend
+        self.info: dict[str, Any] = dict(info or {})
+        self._nbytes = (self._nbits + 7) // 8
+        # Codes as scan words (kernels.to_words), grown by doubling; rows past _n are spare capacity.
+        self._words = kernels.to_words(np.empty((0, self._nbytes), dtype=np.uint8))
+        self._n = 0
+        self._ids: np.ndarray | None = None  # None: ids are insertion positions
+        self._wide: np.ndarray | None = None  # uint64 copy of narrow words for the numba kernel
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def nbits(self) -> int:
+        return self._nbits
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        if value == "numba" and not kernels.HAVE_NUMBA:
+            raise ValueError("backend='numba' needs numba: pip install 'cmhash[fast]'")
+        self._backend = value
+
+    @property
+    def kernel(self) -> str:
+        """The kernel searches run on: 'numba' or 'numpy'."""
+        if self._backend == "auto":
+            return "numba" if kernels.HAVE_NUMBA else "numpy"
+        return self._backend
+
+    @property
+    def codes(self) -> PackedCodes:
+        """The indexed codes in insertion order (a view where the word layout allows, else a copy)."""
+        return PackedCodes(self._packed(), self._nbits)
+
+    def _packed(self) -> np.ndarray:
+        """The packed code bytes (n x ceil(nbits/8)) of the items, from the scan words."""
+        return self._words[: self._n].view(np.uint8)[:, : self._nbytes]
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The id of every item in insertion order (read-only)."""
+        ids = np.arange(self._n, dtype=np.int64) if self._ids is None else self._ids.view()
+        ids.flags.writeable = False
+        return ids
+
+    def __repr__(self) -> str:
+        return f"HammingIndex(n={self._n}, nbits={self._nbits}, kernel={self.kernel!r})"
+
+    @classmethod
+    def from_codes(cls, codes: CodesLike, ids: Any = None, **kwargs: Any) -> "HammingIndex":
+        packed = as_packed(codes, name="codes")
+        index = cls(packed.nbits, **kwargs)
+        index.add(packed, ids)
+        return index
+
+    # ----------------------------------------------------------------- adding
+    def add(self, codes: CodesLike, ids: Any = None) -> None:
+        """Append ``codes`` (n x nbits), with ``ids`` (n,) or without (ids = positions)."""
+        packed = self._check_codes(codes, "codes")
+        new_ids = self._check_ids(ids, len(packed))
+        m = len(packed)
+        if m == 0:
+            return
+        if self._n + m > self._words.shape[0]:  # grow by doubling: amortised O(1) per item
+            cap = max(self._n + m, 2 * self._words.shape[0], 1024)
+            words = np.zeros((cap, self._words.shape[1]), dtype=self._words.dtype)
+            words[: self._n] = self._words[: self._n]
+            self._words = words
+        self._words[self._n : self._n + m] = kernels.to_words(packed.data)
+        if new_ids is not None:
+            self._ids = new_ids if self._ids is None else np.concatenate([self._ids, new_ids])
+        self._n += m
+
+    def _check_codes(self, codes: CodesLike, name: str) -> PackedCodes:
+        if isinstance(codes, PackedCodes):
+            packed = codes
+        else:
+            arr = np.asarray(codes)
+            if arr.ndim == 1:
+                raise ValueError(
+                    f"{name}: expected a 2-D array (items x {self._nbits} bits), got a 1-D array of "
+                    f"length {arr.shape[0]}; pass one code as a row, e.g. codes[None, :]"
+                )
+            packed = as_packed(arr, name=name)
+        if packed.nbits != self._nbits:
+            raise ValueError(f"{name} have {packed.nbits} bits but the index holds {self._nbits}-bit codes")
+        return packed
+
+    def _check_ids(self, ids: Any, m: int) -> np.ndarray | None:
+        if ids is None:
+            if self._ids is not None and m:
+                raise ValueError("this index gives every item an id; pass ids= for the new codes too")
+            return None
+        if self._n and self._ids is None:
+            raise ValueError(
+                "this index has no ids (items are known by insertion position); "
+                "add codes without ids, or give ids from the first add"
+            )
+        arr = np.asarray(ids)
+        if arr.shape != (m,):
+            raise ValueError(f"ids must have shape ({m},) to match the codes, got {arr.shape}")
+        if arr.dtype.kind in "iu":
+            if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+                raise ValueError("ids: unsigned ids above 2**63 - 1 are not supported")
+            arr = arr.astype(np.int64)
+        elif arr.dtype.kind != "U":
+            raise ValueError(f"ids must be integers or strings, got dtype {arr.dtype}")
+        if self._ids is not None and self._ids.dtype.kind != arr.dtype.kind and m:
+            raise ValueError(
+                f"ids: the index has {'string' if self._ids.dtype.kind == 'U' else 'integer'} ids, "
+                f"got {'string' if arr.dtype.kind == 'U' else 'integer'} ids"
+            )
+        uniq, counts = np.unique(arr, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"ids must be unique; duplicated: {uniq[counts > 1][:5].tolist()}")
+        if self._ids is not None:
+            clash = np.isin(arr, self._ids)
+            if clash.any():
+                raise ValueError(f"ids already in the index: {arr[clash][:5].tolist()}")
+        return arr
+
+    # ---------------------------------------------------------------- search
+    def _query_words(self, query_codes: CodesLike) -> np.ndarray:
+        return kernels.to_words(self._check_codes(query_codes, "query codes").data)
+
+    def search(self, query_codes: CodesLike, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest items of each query: (ids, distances), each (n_query x min(k, len)).
+
+        Sorted by distance, ties by insertion order.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        qw = self._query_words(query_codes)
+        k = min(int(k), self._n)
+        if k == 0 or qw.shape[0] == 0:
+            pos = np.empty((qw.shape[0], k), dtype=np.int64)
+            dist = np.empty((qw.shape[0], k), dtype=np.uint16)
+        elif self.kernel == "numba":
+            pos, dist = kernels.topk_numba(qw, self._numba_words(), k, self._nbits)
+        else:
+            pos, dist = kernels.topk_numpy(qw, self._words[: self._n], k, self._nbits)
+        return self._to_ids(pos), dist
+
+    def range_search(self, query_codes: CodesLike, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query, (ids, distances) of every item within Hamming distance ``radius`` (inclusive),
+        sorted by distance, then insertion order."""
+        if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+            raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
+        qw = self._query_words(query_codes)
+        if self._n == 0:
+            empty = (np.empty(0, dtype=self.ids.dtype), np.empty(0, dtype=np.uint16))
+            return [empty for _ in range(qw.shape[0])]
+        hits = kernels.radius_numpy(qw, self._words[: self._n], int(radius), self._nbits)
+        return [(self._to_ids(pos), dist) for pos, dist in hits]
+
+    def _numba_words(self) -> np.ndarray:
+        """The scan words as uint64 (the numba kernel's one word type), widened once and kept
+        until the next add when the codes fit in narrower words."""
+        words = self._words[: self._n]
+        if words.dtype == np.uint64:
+            return words
+        if self._wide is None or len(self._wide) != self._n:
+            self._wide = words.astype(np.uint64)
+        return self._wide
+
+    def _to_ids(self, positions: np.ndarray) -> np.ndarray:
+        return positions if self._ids is None else self._ids[positions]
+
+    # ----------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the index to ``path`` (one .npz, atomically, no pickles) with a checksum."""
+        try:
+            json.dumps(self.info)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"index info must be JSON-ready (str, numbers, lists, dicts): {exc}") from exc
+        data = np.ascontiguousarray(self._packed())
+        arrays = {"codes": data}
+        if self._ids is not None:
+            arrays["ids"] = self._ids
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "nbits": self._nbits,
+            "n": self._n,
+            "has_ids": self._ids is not None,
+            "checksum": "sha256:" + codes_checksum(data, self._ids),
+            "info": self.info,
+        }
+        save_arrays(path, arrays, meta)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, backend: str = "auto", mmap: bool = False, verify: bool = True) -> "HammingIndex":
+        """Read an index written by :meth:`save`; a corrupt, truncated or foreign file raises
+        ValueError naming the file.
+
+        ``mmap=True`` maps the codes from the file instead of reading them (read-only; codes of
+        1, 2, 4 or a multiple of 8 bytes are scanned in place, other lengths are copied once).
+        ``verify=False`` skips the checksum (which reads every code byte).
+        """
+        arrays, meta = _read_mapped(path) if mmap else load_arrays(path)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a cmhash Hamming index (format={meta.get('format')!r})")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: index format version {meta.get('format_version')!r} is not supported "
+                f"(this cmhash reads version {FORMAT_VERSION})"
+            )
+        try:
+            nbits, n, has_ids = int(meta["nbits"]), int(meta["n"]), bool(meta["has_ids"])
+            checksum = str(meta["checksum"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: the index metadata is incomplete: {exc!r}") from exc
+        data = arrays.get("codes")
+        if data is None or data.dtype != np.uint8 or data.shape != (n, (nbits + 7) // 8):
+            got = None if data is None else f"{data.dtype} {data.shape}"
+            raise ValueError(f"{path}: 'codes' should be uint8 ({n}, {(nbits + 7) // 8}), got {got}")
+        ids = arrays.get("ids") if has_ids else None
+        if has_ids and (ids is None or ids.shape != (n,)):
+            raise ValueError(f"{path}: 'ids' should have shape ({n},), got {None if ids is None else ids.shape}")
+        if verify and checksum != "sha256:" + codes_checksum(data, ids):
+            raise ValueError(f"{path}: checksum mismatch: the codes or ids are corrupt")
+        index = cls(nbits, backend=backend, info=meta.get("info") or {})
+        try:
+            packed = PackedCodes(data, nbits)  # checks the padding bits
+            index._ids = index._check_ids(ids, n)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        # The loaded (or mapped) bytes become the scan words without a copy; capacity = n, so the
+        # next add moves them into a fresh, growable array.
+        index._words = kernels.to_words(packed.data)
+        index._n = n
+        return index
+
+
+def _read_mapped(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Like :func:`cmhash.io.load_arrays`, but with ``codes`` memory-mapped from the file.
+
+    ``np.savez`` stores members uncompressed, so the codes' .npy payload is a plain byte range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        arrays: dict[str, np.ndarray] = {}
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            with zf.open(META_KEY + ".npy") as fh:
+                meta = json.loads(np.lib.format.read_array(fh, allow_pickle=False).tobytes().decode())
+            if "ids.npy" in names:
+                with zf.open("ids.npy") as fh:
+                    arrays["ids"] = np.lib.format.read_array(fh, allow_pickle=False)
+            member = zf.getinfo("codes.npy")
+        if member.compress_type != zipfile.ZIP_STORED:
+            raise ValueError("the codes are compressed and cannot be memory-mapped")
+        with open(path, "rb") as fh:
+            fh.seek(member.header_offset)
+            local = fh.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise ValueError("bad zip member header for the codes")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            fh.seek(member.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(fh)
+            offset = fh.tell()
+        if fortran or dtype != np.uint8 or len(shape) != 2:
+            raise ValueError(f"the codes are not a C-ordered 2-D uint8 array ({dtype}, {shape})")
+        if offset + shape[0] * shape[1] > path.stat().st_size:
+            raise ValueError("the file ends before the codes do")
+        arrays["codes"] = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=tuple(shape))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable cmhash index (corrupt or truncated?): {exc}") from exc
+    return arrays, meta

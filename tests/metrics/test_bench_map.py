@@ -1,0 +1,43 @@
+"""The mAP benchmark script runs end to end on a tiny problem (a smoke test; nothing is timed)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_map.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_map", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_field_loop_with_a_stable_sort_is_the_protocol_map():
+    from cmhash.metrics import mean_average_precision
+
+    bench = load_bench()
+    q, db, ql, dl = bench.make_problem(30, 400, 12, 5, seed=1)
+    stable = bench.field_loop(q, db, ql, dl, kind="stable")
+    np.testing.assert_allclose(stable, mean_average_precision(q, db, ql, dl).ap, rtol=0, atol=1e-12)
+
+
+def test_bench_map_writes_its_table_as_json(tmp_path, capsys):
+    bench = load_bench()
+    out = tmp_path / "bench.json"
+    report = bench.main(["--queries", "40", "--database", "500", "--bits", "24", "--field-queries", "10",
+                         "--numpy-queries", "20", "--repeat", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["params"]["queries"] == 40 and saved["machine"]["cpu_count"] >= 1
+    methods = [row["method"] for row in saved["results"]]
+    assert methods[0].startswith("field loop") and any("numpy backend" in m for m in methods)
+    for row in saved["results"][1:]:
+        assert row["max_abs_ap_diff_vs_stable"] < 1e-12
+    assert "ratio_vs_field_loop" in saved["results"][-1]
+    assert report["results"] == saved["results"]
+    assert "vs field" in capsys.readouterr().out
