@@ -17,6 +17,7 @@ Each figure is made only where the records hold what it needs; the list of files
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
@@ -327,6 +328,8 @@ def _tsne(name, config, entries, out) -> list[Path]:
 
     from cmhash.experiments.measure import decode_sample
 
+    # scikit-learn >= 1.5 names the iteration count max_iter (n_iter before)
+    iters = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
     bits = int(config.report.get("tsne_bits", max(e.cell.bits for e in entries)))
     made = []
     chosen: dict[tuple, Any] = {}
@@ -341,7 +344,7 @@ def _tsne(name, config, entries, out) -> list[Path]:
         n = len(img)
         # exact gradients for the few hundred points stored per cell (faster than Barnes-Hut here)
         emb = TSNE(n_components=2, perplexity=min(30.0, max(2.0, (2 * n - 1) / 3)), init="pca",
-                   random_state=0, metric="hamming", max_iter=500, n_jobs=1,
+                   random_state=0, metric="hamming", n_jobs=1, **{iters: 500},
                    method="exact" if 2 * n <= 1000 else "barnes_hut").fit_transform(x)
         classes, multi = _display_classes(sample["labels"])
         classes = np.concatenate([classes, classes])
