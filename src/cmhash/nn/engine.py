@@ -105,11 +105,15 @@ class Batch:
 
 @dataclass
 class TrainContext:
-    """What a method's hooks see: networks, data, device, epoch, and a scratch ``state`` dict."""
+    """What a method's hooks see: networks, data, device, epoch, and a scratch ``state`` dict.
+
+    Whatever a method puts in ``state["record"]`` (a JSON-ready dict) is added to the model's
+    record under its own keys.
+    """
 
     networks: HashNetworks
     device: torch.device
-    data: dict[str, torch.Tensor]  # "image", "text", "labels" of the fitting set (on device)
+    data: dict[str, torch.Tensor]  # "image", "text", "labels" (+ "views") of the fitting set (on device)
     bits: int
     epochs: int
     hparams: dict[str, Any]
@@ -270,6 +274,8 @@ class DeepHashingMethod(_Hooks, HashingMethod, metaclass=abc.ABCMeta):
         data = {m: torch.as_tensor(train.features(m)[fit_idx], dtype=torch.float32, device=device)
                 for m in MODALITIES}
         data["labels"] = torch.as_tensor(train.labels[fit_idx], dtype=torch.float32, device=device)
+        if train.views is not None:  # augmented image views (n x M x d), e.g. for DEMO
+            data["views"] = torch.as_tensor(train.views[fit_idx], dtype=torch.float32, device=device)
         ctx = TrainContext(networks=networks, device=device, data=data, bits=bits,
                            epochs=int(h["epochs"]), hparams=h)
         hooks: list[_Hooks] = [self, *self.plugins]
@@ -359,6 +365,7 @@ class DeepHashingMethod(_Hooks, HashingMethod, metaclass=abc.ABCMeta):
             "device": str(device),
             "history": history,
         }}
+        model.record.update(ctx.state.get("record", {}))  # what the method chose to record
         return model
 
 
