@@ -86,6 +86,10 @@ def test_cross_modal_graph_structure(weighted):
 def test_cross_modal_graph_k0_is_the_pair_graph():
     a = cross_modal_graph(np.eye(4), np.eye(4), k=0)
     assert a.nnz == 8 and a[0, 4] == 1 and a[3, 7] == 1
+    b = cross_modal_graph(np.eye(4), np.eye(4), k=0, pair_weight=2.5)
+    assert b[0, 4] == 2.5 and b[7, 3] == 2.5
+    with pytest.raises(ValueError, match="pair_weight"):
+        cross_modal_graph(np.eye(4), np.eye(4), pair_weight=0)
 
 
 def test_cross_modal_graph_refuses_mismatched_rows():

@@ -71,6 +71,7 @@ def cross_modal_graph(
     *,
     k: int = 3,
     weighted: bool = False,
+    pair_weight: float = 1.0,
     min_weight: float = 1e-6,
     max_block_entries: int = MAX_BLOCK_ENTRIES,
 ) -> sp.csr_matrix:
@@ -81,7 +82,8 @@ def cross_modal_graph(
     either end lists the other). ``weighted=False``: every edge weighs 1. ``weighted=True``:
     a kNN edge weighs its cosine similarity (clipped below at ``min_weight`` so weights stay
     positive); a pair edge weighs 1 (image and text features live in different spaces, so
-    they have no cosine similarity). ``k = 0`` gives the pair graph alone (HINT V1).
+    they have no cosine similarity). ``pair_weight`` scales the pair edges (1 = the paper's
+    graph; larger values keep pairs in the same community). ``k = 0`` gives the pair graph alone.
     """
     image = np.asarray(image)
     text = np.asarray(text)
@@ -91,12 +93,14 @@ def cross_modal_graph(
         )
     if int(k) != k or k < 0:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    if not pair_weight > 0:
+        raise ValueError(f"pair_weight must be > 0, got {pair_weight!r}")
     if not min_weight > 0:
         raise ValueError(f"min_weight must be > 0, got {min_weight!r}")
     n = image.shape[0]
     rows = [np.arange(n)]
     cols = [np.arange(n) + n]
-    vals = [np.ones(n)]
+    vals = [np.full(n, float(pair_weight))]
     if k > 0:
         for offset, (feats, name) in enumerate(((image, "image"), (text, "text"))):
             nb, s = cosine_knn(feats, k, max_block_entries=max_block_entries, name=name)

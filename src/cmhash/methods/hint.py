@@ -176,6 +176,7 @@ class HINT(DeepHashingMethod):
         "patience": 0,
         "knn": 3,                  # k of the intra-modal kNN graph (Sec. 4.2)
         "weighted": False,         # kNN edges weigh their cosine similarity
+        "pair_weight": 1.0,        # weight of the pair edges (1 = the paper's graph)
         "tree_height": 3,          # height of the encoding tree (>= 2)
         "tau": 0.3,                # InfoNCE temperature (Eq. 7)
         "hash_similarity": "cosine",
@@ -214,7 +215,8 @@ class HINT(DeepHashingMethod):
         info: dict[str, Any] = {"proxy_source": h["proxy_source"], "mixup": h["mixup"]}
         if h["proxy_source"] == "tree":
             tick = time.perf_counter()
-            graph = cross_modal_graph(image, text, k=int(h["knn"]), weighted=bool(h["weighted"]))
+            graph = cross_modal_graph(image, text, k=int(h["knn"]), weighted=bool(h["weighted"]),
+                                      pair_weight=float(h["pair_weight"]))
             graph_s = time.perf_counter() - tick
             tree = build_encoding_tree(graph, height=int(h["tree_height"]))
             groups = tree_proxy_groups(tree, n)
@@ -223,6 +225,7 @@ class HINT(DeepHashingMethod):
                 "build_seconds": round(time.perf_counter() - tick - graph_s, 4),
                 "nodes": 2 * n, "edges": int(graph.nnz // 2), "entropy": tree.entropy,
                 "height": tree.height, "tree_nodes": tree.n_nodes,
+                "pairs_in_one_community": float(np.mean(tree.parent[:n] == tree.parent[n:2 * n])),
                 "mean_group_size": {f"{m}_{s}": float(np.mean(np.asarray(g[1].sum(axis=1)).ravel()[g[0]]))
                                     for (m, s), g in groups.items()},
             }
