@@ -7,7 +7,8 @@ Labels are used only to score. Every run records its hyper-parameters, seed and 
         [--bits 16 32 64 128] [--seeds 0] [--epochs 30] [--configs hint demo cca-itq ...] \\
         [--corrupt 0.1] [--threads 1]
 
-A config is a method name, optionally with a preset after a colon (``hint:v3``, ``demo:wo_d``).
+A config is a method name, optionally with a preset after a colon and hyper-parameters after
+an at sign (``hint:v3``, ``demo:wo_d``, ``hint@pair_weight=2``).
 Results: benchmarks/results/wiki_unsupervised.json (one entry per run, merged with what the
 file already holds, keyed by config / bits / seed / scenario); the figure of HINT's lambda over
 training: docs/hint_lambda.png (``--figure-only`` redraws it from the JSON).
@@ -16,6 +17,7 @@ training: docs/hint_lambda.png (``--figure-only`` redraws it from the JSON).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -35,16 +37,30 @@ DEFAULT_CONFIGS = ["cca-itq", "hint", "demo"]
 DEEP = {"hint", "demo"}
 
 
+def parse_config(config: str) -> tuple[str, str | None, dict]:
+    """'hint:v3@pair_weight=2,knn=5' -> ('hint', 'v3', {'pair_weight': 2, 'knn': 5})."""
+    head, _, overrides = config.partition("@")
+    name, _, preset = head.partition(":")
+    params = {}
+    for item in filter(None, overrides.split(",")):
+        k, _, v = item.partition("=")
+        try:
+            params[k] = json.loads(v)
+        except json.JSONDecodeError:
+            params[k] = v
+    return name, preset or None, params
+
+
 def run_one(config: str, data, bits: int, seed: int, epochs: int, scenario: str) -> dict:
-    name, _, preset = config.partition(":")
-    kwargs = {"epochs": epochs} if name in DEEP else {}
-    method = get_method(name, preset=preset or None, **kwargs)
+    name, preset, params = parse_config(config)
+    kwargs = {"epochs": epochs, **params} if name in DEEP else params
+    method = get_method(name, preset=preset, **kwargs)
     start = time.perf_counter()
     model = method.fit(data.train, bits, seed=seed)
     seconds = time.perf_counter() - start
     scores = evaluate(model, data)
     out = {
-        "config": config, "method": name, "preset": preset or None, "bits": bits, "seed": seed,
+        "config": config, "method": name, "preset": preset, "bits": bits, "seed": seed,
         "scenario": scenario, "map_i2t": scores["i2t"]["map"], "map_t2i": scores["t2i"]["map"],
         "fit_seconds": round(seconds, 3), "hparams": method.hparams,
         "dataset_checksum": model.record["dataset"]["checksum"],
@@ -109,8 +125,6 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, default=FIGURE)
     parser.add_argument("--figure-only", action="store_true")
     args = parser.parse_args()
-
-    import json
 
     old = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
     runs = {key(r): r for r in old["runs"]}

@@ -169,11 +169,6 @@ def structural_entropy(adj: sp.spmatrix, tree: EncodingTree) -> float:
 
 
 # --------------------------------------------------------------- greedy agglomeration
-def _xlog2(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return np.where(x > 0, x * np.log2(np.where(x > 0, x, 1.0)), 0.0)
-
-
 def _level_terms(V: float, g: float, S: float, G: float, vol: float) -> float:
     """f(Y) of the module docstring: the entropy terms owned by a community at this level."""
     out = 0.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-#: default bound on the number of similarity entries held at once (float32: 64 MiB)
+#: default bound on the number of similarity entries held at once (float64: 128 MiB)
 MAX_BLOCK_ENTRIES = 1 << 24
 
 
