@@ -45,10 +45,15 @@ class HashModel:
         return None
 
     @staticmethod
-    def check_input(modality: str, x: np.ndarray, dim: int) -> np.ndarray:
-        """Validate features given to :meth:`encode` (shape and finiteness)."""
+    def check_input(modality: str, x: np.ndarray, dim: "int | dict[str, int]") -> np.ndarray:
+        """Validate features given to :meth:`encode` (modality, shape, finiteness).
+
+        ``dim`` is the expected feature dimension, or a mapping modality -> dimension.
+        """
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality '{modality}', expected one of {MODALITIES}")
+        if not isinstance(dim, int):
+            dim = dim[modality]
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != dim:
             raise ValueError(f"{modality} features must be (n x {dim}), got shape {x.shape}")

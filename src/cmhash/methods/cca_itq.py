@@ -31,7 +31,7 @@ class LinearSignModel(HashModel):
         self.proj = proj
 
     def encode(self, modality: str, x: np.ndarray) -> PackedCodes:
-        x = self.check_input(modality, x, self.proj[modality].shape[0])
+        x = self.check_input(modality, x, {m: p.shape[0] for m, p in self.proj.items()})
         return pack(sign((x - self.mean[modality]) @ self.proj[modality]))
 
     def state(self):

@@ -32,6 +32,8 @@ def register_method(cls: type[HashingMethod]) -> type[HashingMethod]:
         raise ValueError(f"{cls.__name__} has no 'name'")
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         raise ValueError(f"a method named '{name}' is already registered ({_REGISTRY[name].__name__})")
+    if name in _BUILTIN and cls.__module__ != _BUILTIN[name]:
+        raise ValueError(f"a method named '{name}' is already registered (built in, {_BUILTIN[name]})")
     _REGISTRY[name] = cls
     return cls
 

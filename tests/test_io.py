@@ -1,0 +1,50 @@
+import json
+
+import numpy as np
+import pytest
+
+from cmhash.io import atomic_write, load_arrays, save_arrays, write_json
+
+
+def test_save_load_round_trip(tmp_path):
+    path = tmp_path / "m.npz"
+    save_arrays(path, {"a": np.arange(5), "b": np.eye(3, dtype=np.float32)}, {"k": [1, 2], "s": "x"})
+    arrays, meta = load_arrays(path)
+    np.testing.assert_array_equal(arrays["a"], np.arange(5))
+    assert arrays["b"].dtype == np.float32
+    assert meta == {"k": [1, 2], "s": "x"}
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "out.json"
+    write_json(path, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_write(path, "w") as fh:
+            fh.write('{"v": 2')  # half-written ...
+            raise RuntimeError("crash")  # ... then the writer dies
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_truncated_file_gives_clear_error(tmp_path):
+    path = tmp_path / "m.npz"
+    save_arrays(path, {"a": np.arange(1000)}, {})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="m.npz.*corrupt or truncated"):
+        load_arrays(path)
+
+
+def test_foreign_npz_and_missing_file(tmp_path):
+    path = tmp_path / "plain.npz"
+    np.savez(path, a=np.arange(3))
+    with pytest.raises(ValueError, match="__meta__"):
+        load_arrays(path)
+    with pytest.raises(FileNotFoundError, match="nope.npz"):
+        load_arrays(tmp_path / "nope.npz")
+
+
+def test_object_arrays_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="'o'.*object"):
+        save_arrays(tmp_path / "x.npz", {"o": np.array([{}, 1], dtype=object)}, {})
