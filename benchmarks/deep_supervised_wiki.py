@@ -27,6 +27,15 @@ from cmhash.data.protocols import load_dataset
 from cmhash.evaluation import evaluate
 from cmhash.io import write_json
 from cmhash.methods.registry import get_method
+from cmhash.progress import Progress
+
+
+class PrintProgress(Progress):
+    """One short line per epoch (for long runs in a log file)."""
+
+    def log(self, message: str = "", **metrics) -> None:
+        keys = ("loss", "val_map", "gamma_syn", "tau", "synthetic")
+        print(message, " ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics), flush=True)
 
 # name -> (method, hyper-parameters over the method's defaults, plug-in)
 VARIANTS = {
@@ -66,6 +75,7 @@ def main() -> None:
     ap.add_argument("--extra", default="{}", help="JSON hyper-parameters applied to every variant")
     ap.add_argument("--out", default="benchmarks/results/deep_supervised_wiki.json")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--verbose", action="store_true", help="print one line per epoch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -90,7 +100,8 @@ def main() -> None:
                     from cmhash.methods.dghdgh import GlobalSenseSynthesis
                     method.add_plugin(GlobalSenseSynthesis())
                 start = time.perf_counter()
-                model = method.fit(train_data.train, bits, seed=seed)
+                model = method.fit(train_data.train, bits, seed=seed,
+                                   progress=PrintProgress() if args.verbose else None)
                 wall = time.perf_counter() - start
                 res = evaluate(model, data)  # queries/database are never changed by scenarios
                 tr = model.record["training"]
