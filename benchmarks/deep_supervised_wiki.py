@@ -42,6 +42,8 @@ VARIANTS = {
     "deep-baseline": ("deep-baseline", {}, False),
     "idgh": ("idgh", {}, False),
     "idgh/no-synthesis": ("idgh", {"aug_num": 0}, False),
+    "idgh/margin-0.25": ("idgh", {"margin": 0.25}, False),              # the baseline's margin
+    "idgh/no-synthesis/margin-0.25": ("idgh", {"aug_num": 0, "margin": 0.25}, False),
     "idgh/wo-class-cov": ("idgh", {"class_cov": False}, False),
     "idgh/wo-global-cov": ("idgh", {"global_cov": False}, False),
     "idgh/full-cov": ("idgh", {"covariance": "full"}, False),
@@ -76,7 +78,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/deep_supervised_wiki.json")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--verbose", action="store_true", help="print one line per epoch")
+    ap.add_argument("--table-only", action="store_true", help="print the table of --out and exit")
     args = ap.parse_args()
+    if args.table_only:
+        print_table(json.loads(Path(args.out).read_text())["runs"])
+        return
     torch.set_num_threads(args.threads)
 
     data = load_dataset("wiki", protocol="dcgh")
