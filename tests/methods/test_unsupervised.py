@@ -112,3 +112,10 @@ def test_demo_uses_the_dataset_views_when_present(tiny_data):
     views = train.image[:, None, :] + 0.05 * rng.standard_normal((len(train), 3, train.image.shape[1]))
     model = get_method("demo", epochs=1, **FAST).fit(train.replace(views=views), 16, seed=0)
     assert model.record["demo"]["views"] == "dataset views (M = 3)"
+
+
+def test_demo_structure_depends_on_the_seed_not_the_code_length(tiny_data):
+    taus = {(bits, seed): get_method("demo", epochs=1, **FAST).fit(tiny_data.train, bits, seed=seed)
+            .record["demo"]["tau"] for bits in (8, 24) for seed in (0, 1)}
+    assert taus[(8, 0)] == taus[(24, 0)] and taus[(8, 1)] == taus[(24, 1)]
+    assert taus[(8, 0)] != taus[(8, 1)]
