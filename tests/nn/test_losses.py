@@ -1,0 +1,120 @@
+"""The shared deep losses against explicit loops (brute-force references)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cmhash.nn.losses import (  # noqa: E402
+    cosine_similarity_matrix,
+    multilabel_cross_entropy,
+    ndcg_gains,
+    triplet_loss_from_similarity,
+    weighted_triplet_loss,
+)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors: one intra-op thread is faster, and far faster on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+def brute_triplet(d_pos, w_pos, d_neg, neg_mask, margin):
+    """The cubic definition: every (anchor, positive, negative) triplet, one by one."""
+    total, active = 0.0, 0
+    a_n, p_n = d_pos.shape
+    for a, p, n in itertools.product(range(a_n), range(p_n), range(d_neg.shape[1])):
+        if w_pos[a, p] > 0 and neg_mask[a, n]:
+            h = d_pos[a, p] - d_neg[a, n] + margin
+            if h > 0:
+                total += w_pos[a, p] * h
+                active += 1
+    return total / max(active, 1), active
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_weighted_triplet_matches_cubic_loop_with_ties(dtype, seed):
+    rng = np.random.default_rng(seed)
+    a, p, n = 5, 7, 9
+    # distances on a coarse grid, so d_ap - d_an + margin hits exactly 0 and negatives tie
+    d_pos = rng.integers(0, 5, (a, p)) / 4.0
+    d_neg = rng.integers(0, 5, (a, n)) / 4.0
+    w_pos = rng.random((a, p)) * (rng.random((a, p)) < 0.6)
+    neg_mask = rng.random((a, n)) < 0.6
+    neg_mask[0] = False          # an anchor without negatives
+    w_pos[1] = 0.0               # an anchor without positives
+    for margin in (0.0, 0.25, 0.5):
+        got, n_act = weighted_triplet_loss(
+            torch.tensor(d_pos, dtype=dtype), torch.tensor(w_pos, dtype=dtype),
+            torch.tensor(d_neg, dtype=dtype), torch.tensor(neg_mask), margin,
+        )
+        want, want_act = brute_triplet(d_pos, w_pos, d_neg, neg_mask, margin)
+        assert n_act == want_act
+        assert float(got) == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_weighted_triplet_gradient_matches_cubic_autograd():
+    rng = np.random.default_rng(5)
+    a, p, n = 4, 6, 8
+    d_pos = torch.tensor(rng.random((a, p)), dtype=torch.float64, requires_grad=True)
+    d_neg = torch.tensor(rng.random((a, n)), dtype=torch.float64, requires_grad=True)
+    w = torch.tensor(rng.random((a, p)) * (rng.random((a, p)) < 0.7))
+    mask = torch.tensor(rng.random((a, n)) < 0.7)
+    loss, _ = weighted_triplet_loss(d_pos, w, d_neg, mask, 0.3)
+    g_pos, g_neg = torch.autograd.grad(loss, (d_pos, d_neg))
+    # cubic reference with autograd
+    dp = d_pos.detach().clone().requires_grad_(True)
+    dn = d_neg.detach().clone().requires_grad_(True)
+    h = (dp[:, :, None] - dn[:, None, :] + 0.3) * (w[:, :, None] > 0) * mask[:, None, :]
+    ref = (w[:, :, None] * h.clamp_min(0)).sum() / max(int((h > 0).sum()), 1)
+    r_pos, r_neg = torch.autograd.grad(ref, (dp, dn))
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()))
+    assert torch.allclose(g_pos, r_pos) and torch.allclose(g_neg, r_neg)
+
+
+def test_no_triplet_gives_zero_not_nan():
+    loss, n_act = weighted_triplet_loss(torch.zeros(3, 3), torch.zeros(3, 3), torch.ones(3, 3),
+                                        torch.ones(3, 3, dtype=torch.bool), 0.1)
+    assert n_act == 0 and float(loss) == 0.0
+
+
+def test_triplet_from_similarity_uses_shared_labels():
+    rng = np.random.default_rng(3)
+    sim = rng.uniform(-1, 1, (6, 6))
+    labels = rng.integers(0, 2, (6, 3)).astype(float)
+    labels[labels.sum(1) == 0, 0] = 1
+    shared = labels @ labels.T
+    got, _ = triplet_loss_from_similarity(torch.tensor(sim), torch.tensor(shared), 0.2)
+    want, _ = brute_triplet(1 - sim, (shared > 0).astype(float), 1 - sim, shared == 0, 0.2)
+    assert float(got) == pytest.approx(want)
+
+
+def test_ndcg_gains_follow_definition():
+    shared = np.array([[2, 0, 1, 1], [0, 0, 0, 0], [3, 1, 0, 2]], dtype=float)
+    got = ndcg_gains(torch.tensor(shared)).numpy()
+    for i, row in enumerate(shared):
+        ideal = np.sort(row)[::-1]
+        z = sum((2 ** v - 1) / np.log2(r + 2) for r, v in enumerate(ideal))
+        want = (2 ** row - 1) / z if z > 0 else np.zeros_like(row)
+        np.testing.assert_allclose(got[i], want)
+
+
+def test_cosine_matrix_and_cross_entropy_match_numpy():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((4, 5)), rng.standard_normal((3, 5))
+    want = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(cosine_similarity_matrix(torch.tensor(a), torch.tensor(b)).numpy(), want)
+    logits, labels = rng.standard_normal((4, 3)), np.array([[1, 0, 0], [0, 1, 1], [1, 1, 1], [0, 0, 1]], float)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    want_ce = -np.mean(((labels / labels.sum(1, keepdims=True)) * logp).sum(1))
+    got_ce = multilabel_cross_entropy(torch.tensor(logits), torch.tensor(labels))
+    assert float(got_ce) == pytest.approx(want_ce)
