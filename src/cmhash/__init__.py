@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "CrossModalDataset": "cmhash.data.dataset",
     "make_synthetic": "cmhash.data.synthetic",
+    "load_dataset": "cmhash.data.protocols",
     "PackedCodes": "cmhash.codes",
     "HashingMethod": "cmhash.methods.base",
     "HashModel": "cmhash.methods.base",

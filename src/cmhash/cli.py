@@ -72,6 +72,29 @@ def methods_cmd() -> None:
 
 
 # ---------------------------------------------------------------- datasets (cmhash datasets)
+@app.command("datasets")
+def datasets_cmd() -> None:
+    """List the known benchmarks and protocols, where data is looked for, and what was found."""
+    from cmhash.data.protocols import PROTOCOLS, data_roots, describe
+
+    console.print("looking in: " + ", ".join(str(r) for r in data_roots())
+                  + "  (set CMHASH_DATA to choose the folder)")
+    table = Table(title="benchmarks (cmhash.load_dataset(name, protocol=..., seed=...))")
+    for col in ("name", "classes", "query size by protocol", "default", "files looked for", "found"):
+        table.add_column(col)
+    for row in describe():
+        sizes = ", ".join(f"{p}: {q}" for p, q in row["protocols"].items() if q)
+        found = "\n".join(row["found"]) if row["found"] else "[yellow]not found[/]"
+        table.add_row(row["name"], row["classes"], sizes, row["default_protocol"],
+                      "\n".join(row["files"]), found)
+    console.print(table)
+    protocols = Table(title="protocols")
+    protocols.add_column("name")
+    protocols.add_column("definition")
+    for name, text in PROTOCOLS.items():
+        protocols.add_row(name, text)
+    console.print(protocols)
+
 
 
 # ---------------------------------------------------- training and evaluation (train / eval)

@@ -23,11 +23,13 @@ def _as_features(name: str, x: Any, *, where: str) -> np.ndarray:
         raise ValueError(f"{where}: '{name}' cannot be read as an array: {exc}") from exc
     if arr.ndim != 2:
         raise ValueError(f"{where}: '{name}' must be 2-D (items x features), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{where}: '{name}' has no rows (shape {arr.shape}); a dataset needs items")
     if arr.shape[1] == 0:
         raise ValueError(f"{where}: '{name}' has no feature columns (shape {arr.shape})")
     if not np.issubdtype(arr.dtype, np.floating):
         if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-            raise ValueError(f"{where}: '{name}' must be numeric, got dtype {arr.dtype}")
+            raise ValueError(f"{where}: '{name}' must be real-valued numeric, got dtype {arr.dtype}")
         arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
@@ -56,7 +58,10 @@ def _as_labels(x: Any, *, where: str, allow_empty: bool) -> np.ndarray:
             )
         arr = arr.astype(np.uint8)
     elif arr.size and arr.max() > 1:
-        raise ValueError(f"{where}: 'labels' must be multi-hot with values in {{0, 1}}")
+        values = np.unique(arr)
+        raise ValueError(
+            f"{where}: 'labels' must be multi-hot with values in {{0, 1}}, found {values[:10]}"
+        )
     if not allow_empty:
         empty = np.flatnonzero(arr.sum(axis=1) == 0)
         if empty.size:
@@ -69,7 +74,19 @@ def _as_labels(x: Any, *, where: str, allow_empty: bool) -> np.ndarray:
 
 def one_hot(class_index: np.ndarray, num_classes: int | None = None, *, base: int = 1) -> np.ndarray:
     """Class indices (``base``-based, e.g. MATLAB's 1..c) to a multi-hot uint8 matrix."""
-    idx = np.asarray(class_index).reshape(-1).astype(np.int64) - base
+    raw = np.asarray(class_index).reshape(-1)
+    if not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)):
+        raise ValueError(f"class indices must be integers, got dtype {raw.dtype}")
+    if np.issubdtype(raw.dtype, np.floating) and not (
+        np.isfinite(raw).all() and (raw == np.round(raw)).all()
+    ):
+        bad = raw[~(np.isfinite(raw) & (raw == np.round(raw)))][:5]
+        raise ValueError(f"class indices must be whole numbers, found {bad}")
+    if num_classes is not None and int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if raw.size == 0 and num_classes is None:
+        raise ValueError("no class indices given and num_classes is None: the class count is unknown")
+    idx = raw.astype(np.int64) - base
     if idx.size and idx.min() < 0:
         raise ValueError(f"class indices must start at {base}, found {idx.min() + base}")
     c = int(idx.max()) + 1 if num_classes is None else int(num_classes)
@@ -115,11 +132,20 @@ class CrossModalDataset:
                 )
         if self.views is not None:
             views = np.asarray(self.views)
-            if views.ndim != 3 or views.shape[0] != n:
+            if views.ndim != 3 or views.shape[0] != n or views.shape[1] == 0:
                 raise ValueError(
-                    f"{where}: 'views' must be (items x views x features) with {n} items, "
-                    f"got shape {views.shape}"
+                    f"{where}: 'views' must be (items x views x features) with {n} items and at "
+                    f"least one view, got shape {views.shape}"
                 )
+            if views.shape[2] != self.image.shape[1]:
+                raise ValueError(
+                    f"{where}: 'views' has {views.shape[2]} features per view but 'image' has "
+                    f"{self.image.shape[1]}; views are augmented image features of the same size"
+                )
+            if not (np.issubdtype(views.dtype, np.number) or views.dtype == np.bool_) or np.issubdtype(
+                views.dtype, np.complexfloating
+            ):
+                raise ValueError(f"{where}: 'views' must be numeric, got dtype {views.dtype}")
             if not np.issubdtype(views.dtype, np.floating):
                 views = views.astype(np.float64)
             if not np.isfinite(views).all():
@@ -129,16 +155,25 @@ class CrossModalDataset:
             ids = np.asarray(self.ids)
             if ids.shape != (n,):
                 raise ValueError(f"{where}: 'ids' must have shape ({n},), got {ids.shape}")
+            if np.unique(ids).size != n:
+                raise ValueError(f"{where}: 'ids' must be unique, found {n - np.unique(ids).size} duplicates")
             set_("ids", ids)
         for key, split in self.splits.items():
             if key not in SPLIT_NAMES:
                 raise ValueError(f"{where}: unknown split '{key}', expected one of {SPLIT_NAMES}")
             if not isinstance(split, CrossModalDataset):
                 raise ValueError(f"{where}: split '{key}' must be a CrossModalDataset")
-            if split.image.shape[1] != self.image.shape[1] or split.text.shape[1] != self.text.shape[1]:
-                raise ValueError(f"{where}: split '{key}' has different feature dimensions")
+            for arr in ("image", "text"):
+                if getattr(split, arr).shape[1] != getattr(self, arr).shape[1]:
+                    raise ValueError(
+                        f"{where}: split '{key}' has {getattr(split, arr).shape[1]} '{arr}' features "
+                        f"but the dataset has {getattr(self, arr).shape[1]}"
+                    )
             if split.labels.shape[1] != self.labels.shape[1]:
-                raise ValueError(f"{where}: split '{key}' has a different number of classes")
+                raise ValueError(
+                    f"{where}: split '{key}' has {split.labels.shape[1]} label classes but the "
+                    f"dataset has {self.labels.shape[1]}"
+                )
         set_("splits", dict(self.splits))
         set_("info", dict(self.info))
 
@@ -180,8 +215,21 @@ class CrossModalDataset:
         return self.split("database")
 
     def subset(self, indices: np.ndarray, *, name: str | None = None) -> "CrossModalDataset":
-        """Rows ``indices`` (in that order) as a new dataset without splits."""
+        """Rows ``indices`` (in that order; or a boolean mask) as a new dataset without splits."""
         idx = np.asarray(indices)
+        n = len(self)
+        if idx.dtype == np.bool_:
+            if idx.shape != (n,):
+                raise ValueError(f"dataset '{self.name}': boolean mask must have shape ({n},), got {idx.shape}")
+            idx = np.flatnonzero(idx)
+        elif idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
+            raise ValueError(
+                f"dataset '{self.name}': indices must be a 1-D integer array, got shape {idx.shape} "
+                f"dtype {idx.dtype}"
+            )
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise ValueError(f"dataset '{self.name}': indices out of range for {n} items")
         return CrossModalDataset(
             image=self.image[idx],
             text=self.text[idx],
@@ -216,6 +264,9 @@ class CrossModalDataset:
             a = np.ascontiguousarray(arr)
             h.update(f"{a.dtype.str}{a.shape}".encode())
             h.update(a.data)
+        if self.ids is not None:
+            h.update(b"ids")
+            h.update("\x1f".join(map(str, self.ids.tolist())).encode())
         for key in sorted(self.splits):
             h.update(key.encode())
             h.update(self.splits[key].checksum().encode())

@@ -30,6 +30,13 @@ def make_synthetic(
     """A dataset of ``n`` pairs with splits: query (``n_query``, default 10%), database = train = the rest."""
     if n < 10:
         raise ValueError(f"n must be >= 10, got {n}")
+    for arg, value in (("image_dim", image_dim), ("text_dim", text_dim), ("num_classes", num_classes),
+                       ("latent_dim", latent_dim)):
+        if int(value) < 1:
+            raise ValueError(f"{arg} must be >= 1, got {value}")
+    for arg, value in (("item_noise", item_noise), ("feature_noise", feature_noise)):
+        if not value >= 0:
+            raise ValueError(f"{arg} must be >= 0, got {value}")
     if not 1 <= max_labels <= num_classes:
         raise ValueError(f"max_labels must be in 1..num_classes ({num_classes}), got {max_labels}")
     rng = np.random.default_rng(seed)
