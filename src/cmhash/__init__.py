@@ -19,6 +19,13 @@ _LAZY = {
     "list_methods": "cmhash.methods.registry",
     "register_method": "cmhash.methods.registry",
     "mean_average_precision": "cmhash.metrics.ranking",
+    "tie_aware_map": "cmhash.metrics.ranking",
+    "precision_recall_at_n": "cmhash.metrics.ranking",
+    "pr_curve": "cmhash.metrics.ranking",
+    "ranking_report": "cmhash.metrics.ranking",
+    "lookup_pr": "cmhash.metrics.lookup",
+    "precision_at_radius": "cmhash.metrics.lookup",
+    "fisher_ratio": "cmhash.metrics.discrimination",
     "evaluate": "cmhash.evaluation",
 }
 

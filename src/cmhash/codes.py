@@ -83,13 +83,14 @@ def _to_bits(codes: np.ndarray, *, name: str = "codes") -> np.ndarray:
         raise ValueError(f"{name}: expected a 2-D array (items x bits), got shape {arr.shape}")
     if arr.dtype == np.bool_:
         return arr
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name}: expected a numeric or boolean array, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise ValueError(f"{name}: contains NaN or inf")
+    one = arr == 1
+    if (one | (arr == -1)).all() or (one | (arr == 0)).all():
+        return one
     values = np.unique(arr)
-    if np.isin(values, (-1, 1)).all():
-        return arr > 0
-    if np.isin(values, (0, 1)).all():
-        return arr > 0
     raise ValueError(
         f"{name}: expected binary codes with values in {{-1, +1}} or {{0, 1}}, found {values[:8]}"
         " (use cmhash.codes.sign to binarise real-valued outputs)"
@@ -130,7 +131,7 @@ def _check_pair(query: CodesLike, database: CodesLike) -> tuple[PackedCodes, Pac
     q = as_packed(query, name="query codes")
     db = as_packed(database, name="database codes")
     if q.nbits != db.nbits:
-        raise ValueError(f"query codes have {q.nbits} bits but database codes have {db.nbits}")
+        raise ValueError(f"query codes have {q.nbits} bits but database codes have {db.nbits} bits")
     return q, db
 
 
