@@ -183,7 +183,7 @@ def ridge_projection(x: np.ndarray, h: np.ndarray, lam: float, *, block: int = 1
         gram += (xb.T @ xb).astype(np.float64)
         xth += (xb.T @ h[start:start + block]).astype(np.float64)
     gram[np.diag_indices(a)] += lam
-    return sla.solve(gram, xth, assume_a="pos")
+    return sla.cho_solve(sla.cho_factor(gram, overwrite_a=True), xth, overwrite_b=True)
 
 
 class Solver:
