@@ -123,6 +123,21 @@ def fit_rbf(x: np.ndarray, n_anchors: int, rng: np.random.Generator, *, kernel: 
 
 
 # ---------------------------------------------------------------------- solver steps
+def gram64(a: np.ndarray, b: np.ndarray | None = None, *, block: int = 65536) -> np.ndarray:
+    """a^T b (a^T a if b is None) in float64, block by block: small matrices from n-row ones
+    without an n-row float64 copy."""
+    out = np.zeros((a.shape[1], (a if b is None else b).shape[1]))
+    for start in range(0, a.shape[0], block):
+        ab = a[start:start + block].astype(np.float64)
+        out += ab.T @ (ab if b is None else b[start:start + block].astype(np.float64))
+    return out
+
+
+def sumsq(a: np.ndarray, *, block: int = 65536) -> float:
+    """||a||_F^2 accumulated in float64."""
+    return float(sum(np.square(a[s:s + block], dtype=np.float64).sum() for s in range(0, a.shape[0], block)))
+
+
 def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """argmax_B <B, J> s.t. B^T 1 = 0, B^T B = n I (Eq. 6-8), for J of shape n x r.
 
@@ -134,7 +149,7 @@ def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if n <= r:
         raise ValueError(f"the B-step needs more items than bits (n={n}, bits={r})")
     jc = j - j.mean(axis=0, dtype=np.float64).astype(j.dtype)
-    m = jc.T.astype(np.float64) @ jc.astype(np.float64)
+    m = gram64(jc)
     lam, vec = sla.eigh((m + m.T) / 2)
     lam, vec = lam[::-1], vec[:, ::-1]
     tol = max(RANK_TOL_ABS, RANK_TOL_REL * max(lam[0], 0.0))
@@ -142,8 +157,8 @@ def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ubar = (jc @ vec[:, :rank].astype(j.dtype)) / np.sqrt(lam[:rank]).astype(j.dtype)
     ubar -= ubar.mean(axis=0, dtype=np.float64).astype(j.dtype)  # centred to rounding, not to |J|
     # Cholesky-QR: Ubar (R^-1) has orthonormal columns; R = I + O(rounding) keeps the pairing with V.
-    gram = ubar.T.astype(np.float64) @ ubar.astype(np.float64)
-    ubar = sla.solve_triangular(sla.cholesky(gram), ubar.T.astype(np.float64), trans="T").T.astype(j.dtype)
+    r_inv = sla.solve_triangular(sla.cholesky(gram64(ubar)), np.eye(rank))
+    ubar = ubar @ r_inv.astype(j.dtype)
     if rank < r:
         fill = rng.random((n, r - rank)).astype(j.dtype)
         fill -= fill.mean(axis=0)
@@ -206,7 +221,7 @@ class Solver:
         self.f = rng.standard_normal((n, c)).astype(dt)
         self.b = [np.zeros((n, bits), dtype=dt) for _ in x]
         self.update_xw()
-        ltl = labels.T.astype(np.float64) @ labels.astype(np.float64)
+        ltl = gram64(labels)
         self.s_sq = float(np.sum(ltl * ltl))  # ||L L^T||_F^2 = ||L^T L||_F^2
 
     def s_apply(self, z: np.ndarray) -> np.ndarray:
@@ -259,17 +274,15 @@ class Solver:
         """The objective of the module docstring and its terms, in O(n):
         fit = sum_v ||B_v - X_v W_v||^2, align = sum_v ||B_v - G_v U||^2,
         consensus = sum_v ||H B_v^T - r S||^2, centre = ||H - F U||^2."""
-        sq = lambda a: float(np.sum(np.square(a, dtype=np.float64)))  # noqa: E731
-        f64 = lambda a: a.astype(np.float64, copy=False)  # noqa: E731
-        hth = f64(self.h).T @ f64(self.h)
+        hth = gram64(self.h)
         sh = self.s_apply(self.h)
-        fit = sum(sq(bv - xwv) for bv, xwv in zip(self.b, self.xw))
-        align = sum(sq(bv - gv @ self.u) for bv, gv in zip(self.b, self.g))
+        fit = sum(sumsq(bv - xwv) for bv, xwv in zip(self.b, self.xw))
+        align = sum(sumsq(bv - gv @ self.u) for bv, gv in zip(self.b, self.g))
         consensus = 0.0
         for bv in self.b:  # ||H B^T||^2 = tr(H^T H B^T B); <H B^T, S> = <B, S H>
             cross = float(np.sum(bv * sh, dtype=np.float64))
-            consensus += float(np.sum(hth * (f64(bv).T @ f64(bv)))) - 2 * self.r * cross + self.r ** 2 * self.s_sq
-        centre = sq(self.h - self.f @ self.u)
+            consensus += float(np.sum(hth * gram64(bv))) - 2 * self.r * cross + self.r ** 2 * self.s_sq
+        centre = sumsq(self.h - self.f @ self.u)
         total = fit + self.alpha * (align + centre) + self.beta * consensus
         return {"fit": fit, "align": align, "consensus": consensus, "centre": centre, "total": total}
 
