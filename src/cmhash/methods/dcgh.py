@@ -25,7 +25,7 @@ Where this differs from the official code, on purpose:
   non-symmetric C C^T can return complex values); the rank test of the B-step keeps the
   official absolute tolerance 1e-5 and adds a relative one (1e-13 of the largest eigenvalue,
   the rounding level of the eigen-solver) for exactly rank-deficient inputs; the kept columns
-  are re-orthonormalised (one Cholesky-QR step), so B^T B = n I holds to rounding even when the
+  are re-orthonormalised (a QR step), so B^T B = n I holds to rounding even when the
   eigenvalues span 12 orders of magnitude, as they do on WIKI.
 - S = L L^T is never formed: S x is computed as L (L^T x), so memory and time are linear in n.
 
@@ -123,12 +123,15 @@ def fit_rbf(x: np.ndarray, n_anchors: int, rng: np.random.Generator, *, kernel: 
 
 
 # ---------------------------------------------------------------------- solver steps
-def gram64(a: np.ndarray, b: np.ndarray | None = None, *, block: int = 65536) -> np.ndarray:
-    """a^T b (a^T a if b is None) in float64, block by block: small matrices from n-row ones
-    without an n-row float64 copy."""
+def gram64(a: np.ndarray, b: np.ndarray | None = None, *, center: np.ndarray | None = None,
+           block: int = 65536) -> np.ndarray:
+    """(a - center)^T b, or (a - center)^T (a - center) if b is None, in float64 block by block:
+    small matrices from n-row ones without an n-row float64 copy."""
     out = np.zeros((a.shape[1], (a if b is None else b).shape[1]))
     for start in range(0, a.shape[0], block):
         ab = a[start:start + block].astype(np.float64)
+        if center is not None:
+            ab -= center
         out += ab.T @ (ab if b is None else b[start:start + block].astype(np.float64))
     return out
 
@@ -148,17 +151,20 @@ def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     n, r = j.shape
     if n <= r:
         raise ValueError(f"the B-step needs more items than bits (n={n}, bits={r})")
-    jc = j - j.mean(axis=0, dtype=np.float64).astype(j.dtype)
-    m = gram64(jc)
-    lam, vec = sla.eigh((m + m.T) / 2)
+    mean = j.mean(axis=0, dtype=np.float64)
+    lam, vec = sla.eigh(gram64(j, center=mean))  # J_c^T J_c, symmetric: eigh, real
     lam, vec = lam[::-1], vec[:, ::-1]
     tol = max(RANK_TOL_ABS, RANK_TOL_REL * max(lam[0], 0.0))
     rank = int(np.sum(lam > tol))
-    ubar = (jc @ vec[:, :rank].astype(j.dtype)) / np.sqrt(lam[:rank]).astype(j.dtype)
-    ubar -= ubar.mean(axis=0, dtype=np.float64).astype(j.dtype)  # centred to rounding, not to |J|
-    # Cholesky-QR: Ubar (R^-1) has orthonormal columns; R = I + O(rounding) keeps the pairing with V.
-    r_inv = sla.solve_triangular(sla.cholesky(gram64(ubar)), np.eye(rank))
-    ubar = ubar @ r_inv.astype(j.dtype)
+    scale = vec[:, :rank] / np.sqrt(lam[:rank])
+    ubar = np.empty((n, rank), dtype=j.dtype)
+    for start in range(0, n, 65536):  # Ubar = J_c V lam^-1/2, computed in float64
+        ubar[start:start + 65536] = (j[start:start + 65536].astype(np.float64) - mean) @ scale
+    ubar -= ubar.mean(axis=0, dtype=np.float64).astype(j.dtype)
+    # Re-orthonormalise (directions with small lam lose orthogonality to rounding): Householder QR
+    # with R's diagonal made positive, so R = I + O(rounding) and the pairing with V is kept.
+    q, rr = sla.qr(ubar, mode="economic")
+    ubar = q * np.where(np.diag(rr) < 0, -1, 1).astype(j.dtype)
     if rank < r:
         fill = rng.random((n, r - rank)).astype(j.dtype)
         fill -= fill.mean(axis=0)
