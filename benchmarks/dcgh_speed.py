@@ -7,7 +7,7 @@
    21 classes, up to 3 labels an item, 1,867 queries), 1,500 anchors, the ``nus-wide`` preset,
    ``dtype=float32``. The data is generated once and saved; every (n, bits) point then trains in
    a fresh process that loads the first n training rows, so its peak resident memory
-   (``resource.getrusage``, ru_maxrss) is the whole process: Python, data and training. The
+   (VmHWM, see ``peak_rss_gb``) is the whole process: Python, data and training. The
    same process times CCA-ITQ on the same data as the peer, and reports mAP@all (database =
    the learned codes H of the n training items).
 
@@ -16,7 +16,7 @@ seconds vary less. BLAS threads: whatever ``OPENBLAS_NUM_THREADS`` says (recorde
 
 Run:  OPENBLAS_NUM_THREADS=1 PYTHONPATH=src python benchmarks/dcgh_speed.py
       ... --skip-scale | --skip-wiki | --sizes 10000,184000 --scale-bits 64
-Writes benchmarks/results/dcgh_speed.json.
+Writes benchmarks/results/dcgh_speed_wiki.json and benchmarks/results/dcgh_speed_scale.json.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results" / "dcgh_speed.json"
+RESULTS = Path(__file__).resolve().parent / "results"
 NUS = dict(image_dim=500, text_dim=1000, num_classes=21, max_labels=3, n_query=1867)
 
 
@@ -88,6 +88,21 @@ def run_wiki(bits_list, repeats) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ scale
+def peak_rss_gb() -> float:
+    """This process's peak resident memory in GiB: VmHWM of /proc/self/status on Linux.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss`` here: on Linux a child started by fork + exec
+    inherits the parent's high-water mark in ru_maxrss, and the parent held the generated data.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
+
+
 def child(datadir: str, n: int, bits: int, dtype: str) -> None:
     """One (n, bits) point in a fresh process: prints one JSON line."""
     from cmhash.data.dataset import CrossModalDataset
@@ -98,9 +113,9 @@ def child(datadir: str, n: int, bits: int, dtype: str) -> None:
     train = CrossModalDataset(image=load("image", n), text=load("text", n), labels=load("labels", n), name=f"nus-size/{n}")
     query = CrossModalDataset(image=load("q_image"), text=load("q_text"), labels=load("q_labels"), name="nus-size/query")
     data = train.with_splits(train=train, query=query, database=train)
-    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    rss_data = peak_rss_gb()
     model, tw, tc = timed(lambda: get_method("dcgh", preset="nus-wide", dtype=dtype).fit(train, bits, seed=0))
-    rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    rss_train = peak_rss_gb()
     res = evaluate(model, data)
     _, pw, pc = timed(lambda: get_method("cca-itq").fit(train, bits, seed=0))
     print(json.dumps({"n": n, "bits": bits, "dtype": dtype, "train_wall": tw, "train_cpu": tc,
@@ -110,7 +125,7 @@ def child(datadir: str, n: int, bits: int, dtype: str) -> None:
                       "load_avg": os.getloadavg()[0]}))
 
 
-def run_scale(sizes, bits_list, dtype) -> list[dict]:
+def run_scale(sizes, bits_list, dtype, bits_n=None) -> list[dict]:
     from cmhash.data.synthetic import make_synthetic
 
     n_max = max(sizes)
@@ -126,7 +141,7 @@ def run_scale(sizes, bits_list, dtype) -> list[dict]:
         print(f"\nscale: generated {n_max} training pairs in {time.perf_counter() - start:.0f} s")
         print("| n | bits | train wall s | train CPU s | peak RSS GB | I->T | T->I | CCA-ITQ wall s | load avg |")
         print("|---|---|---|---|---|---|---|---|---|")
-        points = [(n, max(bits_list)) for n in sizes] + [(n_max, b) for b in bits_list if b != max(bits_list)]
+        points = [(n, max(bits_list)) for n in sizes] + [(bits_n or n_max, b) for b in bits_list if b != max(bits_list)]
         for n, bits in points:
             out = subprocess.run([sys.executable, __file__, "--child", tmp, str(n), str(bits), dtype],
                                  capture_output=True, text=True, env=os.environ)
@@ -149,6 +164,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sizes", default="10000,25000,50000,100000,184000")
     ap.add_argument("--scale-bits", default="8,16,32,64")
+    ap.add_argument("--bits-n", type=int, default=None, help="n of the bits sweep (default: the largest size)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--skip-wiki", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
@@ -156,19 +172,19 @@ def main() -> None:
     from cmhash.io import write_json
     from cmhash.record import versions
 
-    out = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    common = dict(versions=versions(), blas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+                  cpu_count=os.cpu_count(), command="OPENBLAS_NUM_THREADS=1 PYTHONPATH=src python "
+                  "benchmarks/dcgh_speed.py " + " ".join(sys.argv[1:]))
     if not args.skip_wiki:
-        out["wiki"] = run_wiki([int(b) for b in args.wiki_bits.split(",")], args.repeats)
+        write_json(RESULTS / "dcgh_speed_wiki.json",
+                   {"wiki": run_wiki([int(b) for b in args.wiki_bits.split(",")], args.repeats), **common})
     if not args.skip_scale:
-        out["scale"] = run_scale([int(n) for n in args.sizes.split(",")],
-                                 [int(b) for b in args.scale_bits.split(",")], args.dtype)
-        out["scale_config"] = {"generator": NUS, "preset": "nus-wide", "dtype": args.dtype, "anchors": 1500}
-    out.update(versions=versions(), blas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "default"),
-               cpu_count=os.cpu_count(), command="OPENBLAS_NUM_THREADS=1 PYTHONPATH=src python benchmarks/dcgh_speed.py "
-               + " ".join(sys.argv[1:]))
-    write_json(RESULTS, out)
-    print(f"wrote {RESULTS}")
-
+        rows = run_scale([int(n) for n in args.sizes.split(",")], [int(b) for b in args.scale_bits.split(",")],
+                         args.dtype, args.bits_n)
+        write_json(RESULTS / "dcgh_speed_scale.json", {
+            "scale": rows, "scale_config": {"generator": NUS, "preset": "nus-wide", "dtype": args.dtype,
+                                            "anchors": 1500}, **common})
+    print(f"wrote results to {RESULTS}")
 
 if __name__ == "__main__":
     main()
