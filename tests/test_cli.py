@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import cmhash.cli
 from cmhash.cli import app
 from cmhash.data.synthetic import make_synthetic
 from cmhash.io import load_arrays
@@ -14,8 +15,19 @@ from cmhash.methods.base import HashModel
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """rich wraps at the terminal width; long tmp paths would split the messages checked here."""
+    monkeypatch.setattr(cmhash.cli.console, "width", 400)
+
+
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
+
+
+def text(res) -> str:
+    """The output with rich's line wrapping undone (wrapping depends on path lengths)."""
+    return " ".join(res.output.split())
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +100,16 @@ def test_train_works_for_any_method_and_records_scenarios(tmp_path):
 ])
 def test_bad_train_arguments_are_clear_errors(args, message, tmp_path):
     res = invoke(*args, "--out", tmp_path)
-    assert res.exit_code == 2 and message in res.output.replace("\n", " "), res.output
+    assert res.exit_code == 2 and message in text(res), res.output
     assert not (tmp_path / "metrics.json").exists()
 
 
 def test_eval_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
     res = invoke("eval", tmp_path)
-    assert res.exit_code == 2 and "metrics.json: no such file" in res.output.replace("\n", "")
+    assert res.exit_code == 2 and "metrics.json: no such file" in text(res)
     (tmp_path / "metrics.json").write_text("{}")
     res = invoke("eval", tmp_path)
-    assert res.exit_code == 2 and "not a metrics file" in res.output.replace("\n", "")
+    assert res.exit_code == 2 and "not a metrics file" in text(res)
 
 
 def test_auto_preset_follows_the_dataset_name():

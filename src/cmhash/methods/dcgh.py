@@ -7,7 +7,7 @@ and a consensus encoding F pull B_v and H around the same centres (Eq. 3). The a
 solver (Sec. 3.3) follows the official MATLAB code (sunyuan-cs/2024-MM-DCGH, ``LHCC.m``):
 
     init  H = sgn(1), W_v, U, G_v, F ~ randn; 10 iterations of
-    B_v = sqrt(n) [S|S^] [Q|Q^]^T  balanced-orthogonal maximiser of <B, J_v>   (Eq. 6-8)
+    B_v = sqrt(n) [Ubar|Ufill] V^T  balanced-orthogonal maximiser of <B, J_v>  (Eq. 6-8)
           J_v = X_v W_v + alpha G_v U + beta r S H
     H   = sgn(alpha F U + beta r S (B_1 + B_2))                                 (Eq. 11)
     W_v, U, G_v, F  by orthogonal Procrustes                                   (Eq. 13, 15, 17, 18)
@@ -28,6 +28,7 @@ Where this differs from the official code, on purpose:
   are re-orthonormalised (a QR step), so B^T B = n I holds to rounding even when the
   eigenvalues span 12 orders of magnitude, as they do on WIKI.
 - S = L L^T is never formed: S x is computed as L (L^T x), so memory and time are linear in n.
+- sgn(0) = +1 (PROTOCOL.md); the official ``sgn`` maps 0 to -1.
 
 The H-step counts the centre term alpha ||H - F U||^2 once (as the official H-step does), so
 the objective recorded per iteration is
