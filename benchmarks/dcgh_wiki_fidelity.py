@@ -88,6 +88,15 @@ def print_tables(results: list[dict], seeds_label: str) -> None:
                 if all(b in OFFICIAL_OCTAVE[d] for b in bits):
                     print(f"| ours - official | {name} | "
                           + " | ".join(f"{cells[b]['mean'] - OFFICIAL_OCTAVE[d][b]:+.2f}" for b in bits) + " |")
+    props = sorted({r["unpaired"] for r in results})
+    if len(props) > 2:  # a sweep: one row per unpaired proportion
+        print(f"\nunpaired-proportion sweep, mAP@all %, mean (std) over seeds {seeds_label}")
+        print("| unpaired | " + " | ".join(f"{b} bits {DIRS[d]}" for b in bits for d in DIRS) + " |")
+        print("|---|" + "---|" * (2 * len(bits)))
+        for u in props:
+            cells = {r["bits"]: r for r in results if r["unpaired"] == u}
+            print(f"| {int(round(100 * u))}% | " + " | ".join(
+                f"{cells[b][d]['mean']:.2f} ({cells[b][d]['std']:.2f})" for b in bits for d in DIRS) + " |")
     print("\nobjective per cell: largest relative rise between iterations (W-step), and the iteration by"
           " which it is within 0.1% of its final value (median / max over seeds)")
     for r in results:
