@@ -109,7 +109,16 @@ def child(datadir: str, n: int, bits: int, dtype: str) -> None:
     from cmhash.evaluation import evaluate
     from cmhash.methods.registry import get_method
 
-    load = lambda name, rows=None: np.ascontiguousarray(np.load(Path(datadir) / f"{name}.npy", mmap_mode="r")[:rows])  # noqa: E731
+    def load(name: str, rows: int | None = None) -> np.ndarray:
+        """The first ``rows`` rows of a saved .npy, read without mapping the rest (a memory map
+        would count the file's pages in this process's resident memory as well)."""
+        with open(Path(datadir) / f"{name}.npy", "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)(fh)
+            n = shape[0] if rows is None else min(rows, shape[0])
+            return np.fromfile(fh, dtype=dtype, count=n * int(np.prod(shape[1:]))).reshape((n, *shape[1:]))
+
     train = CrossModalDataset(image=load("image", n), text=load("text", n), labels=load("labels", n), name=f"nus-size/{n}")
     query = CrossModalDataset(image=load("q_image"), text=load("q_text"), labels=load("q_labels"), name="nus-size/query")
     data = train.with_splits(train=train, query=query, database=train)

@@ -185,7 +185,8 @@ def procrustes(m: np.ndarray) -> np.ndarray:
 
 def sgn(x: np.ndarray) -> np.ndarray:
     """sgn with sgn(0) = +1, in the dtype of x (PROTOCOL.md)."""
-    return np.where(x >= 0, 1, -1).astype(x.dtype)
+    one = x.dtype.type(1)
+    return np.where(x >= 0, one, -one)  # typed scalars: no int64 n x r temporary
 
 
 def normalise_labels(labels: np.ndarray, dtype) -> np.ndarray:
@@ -241,7 +242,13 @@ class Solver:
 
     def b_step(self, v: int) -> None:
         """Eq. 6-8: B_v = balanced-orthogonal argmax <B, X_v W_v + alpha G_v U + beta r S H>."""
-        j = self.xw[v] + self.alpha * (self.g[v] @ self.u) + (self.beta * self.r) * self.s_apply(self.h)
+        j = self.g[v] @ self.u
+        j *= self.alpha
+        j += self.xw[v]
+        sh = self.s_apply(self.h)
+        sh *= self.beta * self.r
+        j += sh
+        del sh
         self.b[v] = balanced_orthogonal(j, self.rng)
 
     def h_step(self) -> None:
