@@ -97,6 +97,16 @@ def print_tables(results: list[dict], seeds_label: str) -> None:
             cells = {r["bits"]: r for r in results if r["unpaired"] == u}
             print(f"| {int(round(100 * u))}% | " + " | ".join(
                 f"{cells[b][d]['mean']:.2f} ({cells[b][d]['std']:.2f})" for b in bits for d in DIRS) + " |")
+    n_seeds = len(results[0]["per_seed"])
+    if n_seeds > 5 and n_seeds % 5 == 0:  # how far a 5-seed mean moves with the choice of seeds
+        print(f"\nmeans of the {n_seeds // 5} disjoint blocks of 5 seeds (min .. max) and the standard error")
+        for r in results:
+            parts = []
+            for d in DIRS:
+                v = np.array([p[d] for p in r["per_seed"]])
+                blocks = v.reshape(-1, 5).mean(axis=1)
+                parts.append(f"{DIRS[d]} {blocks.min():.2f} .. {blocks.max():.2f} (se {r[d]['se']:.2f})")
+            print(f"unpaired {r['unpaired']:.2f} bits {r['bits']:2d}: " + ", ".join(parts))
     print("\nobjective per cell: largest relative rise between iterations (W-step), and the iteration by"
           " which it is within 0.1% of its final value (median / max over seeds)")
     for r in results:
