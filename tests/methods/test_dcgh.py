@@ -220,6 +220,20 @@ def test_same_seed_same_codes_and_save_load_round_trip(model, data, tmp_path):
         np.testing.assert_array_equal(loaded.database_codes(m).data, model.database_codes(m).data)
 
 
+def test_float32_solver_stays_float32():
+    s = small_solver()
+    s.x = [xv.astype(np.float32) for xv in s.x]
+    s.l = s.l.astype(np.float32)
+    for name in ("h", "u", "f"):
+        setattr(s, name, getattr(s, name).astype(np.float32))
+    for name in ("w", "g", "b"):
+        setattr(s, name, [a.astype(np.float32) for a in getattr(s, name)])
+    s.update_xw()
+    s.iterate()
+    arrays = [s.h, s.u, s.f, *s.w, *s.g, *s.b, *s.xw]
+    assert all(a.dtype == np.float32 for a in arrays), [a.dtype for a in arrays]
+
+
 def test_float32_mode_agrees_with_float64(model, data):
     f32 = get_method("dcgh", n_anchors=200, dtype="float32").fit(data.train, 12, seed=0)
     res32, res64 = evaluate(f32, data), evaluate(model, data)

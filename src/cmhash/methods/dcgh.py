@@ -174,7 +174,8 @@ def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         fill = sla.qr(fill, mode="economic")[0]
         fill -= ubar @ (ubar.T @ fill)
         ubar = np.hstack([ubar, fill])
-    return (np.sqrt(n) * ubar) @ vec.T.astype(j.dtype)
+    ubar *= float(np.sqrt(n))  # a Python float: a NumPy float64 scalar would promote float32 to float64
+    return ubar @ vec.T.astype(j.dtype)
 
 
 def procrustes(m: np.ndarray) -> np.ndarray:
