@@ -201,8 +201,8 @@ def ridge_projection(x: np.ndarray, h: np.ndarray, lam: float, *, block: int = 8
     """P = (X^T X + lam I)^-1 X^T H (Eq. 20), via a Cholesky factor.
 
     The Gram matrix is accumulated in float64 from float64 row blocks even when X is float32:
-    a float32 Gram of n >> a rows carries rounding errors far above lam (1e-4 for NUS-WIDE), and
-    is then not even positive definite.
+    a float32 Gram of n >> a rows carries rounding errors far above lam (1e-4 for NUS-WIDE); one
+    of 50,000 synthetic pairs was not even positive definite.
     """
     gram = gram64(x, block=block)
     xth = gram64(x, h, block=block)
@@ -357,7 +357,8 @@ class DCGH(HashingMethod):
     exp(-||x-a|| / 2 sigma^2); "squared": exp(-||x-a||^2 / 2 sigma^2)), ``sigma`` (None: mean
     training anchor distance), ``database`` ("train_codes": search against H, as the official
     evaluation; "encode": encode the database with the hash functions), ``dtype`` ("float32"
-    halves memory and most of the time on large data; the ridge Gram stays float64).
+    halves the memory of the features and speeds up the large products; the ridge Gram stays
+    float64).
     """
 
     name = "dcgh"
