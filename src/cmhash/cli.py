@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from typing import Optional
 
@@ -25,7 +26,7 @@ def fail(message: str) -> None:
 
 @app.command()
 def demo(
-    method: str = typer.Option("cca-itq", help="method to train (see `cmhash methods`)"),
+    method: str = typer.Option("dcgh", help="method to train (see `cmhash methods`; e.g. cca-itq)"),
     bits: str = typer.Option("16,32,64", help="comma-separated code lengths"),
     n: int = typer.Option(4000, help="number of synthetic image-text pairs"),
     seed: int = typer.Option(0, help="seed for data and training"),
@@ -98,6 +99,194 @@ def datasets_cmd() -> None:
 
 
 # ---------------------------------------------------- training and evaluation (train / eval)
+TRAIN_FILES = {"model": "model.npz", "codes": "codes.npz", "metrics": "metrics.json"}
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    """``key=value``; the value is read as JSON (1e4, 3, true, null) or else kept as text."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        fail(f"--param must look like key=value, got '{text}'")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def _parse_scenario(text: str) -> dict:
+    """``name`` or ``name:key=value,key=value`` (e.g. ``partial_pairing:unpaired=0.5``)."""
+    name, _, rest = text.partition(":")
+    params = dict(_parse_param(item) for item in rest.split(",") if item.strip())
+    return {"name": name.strip(), "params": params}
+
+
+def _load_data(spec: dict):
+    """The dataset a run used: a benchmark name or file path via ``load_dataset``, or the
+    built-in ``synthetic[:N]`` data; then the scenarios, in order."""
+    from cmhash.data.scenarios import apply_scenario
+
+    name = spec["dataset"]
+    if name == "synthetic" or name.startswith("synthetic:"):
+        from cmhash.data.synthetic import make_synthetic
+
+        n = name.partition(":")[2] or "4000"
+        if not n.isdigit():
+            fail(f"--dataset synthetic:N needs an integer N, got '{name}'")
+        data = make_synthetic(int(n), seed=spec["split_seed"])
+    else:
+        from cmhash.data.protocols import load_dataset
+
+        data = load_dataset(name, protocol=spec["protocol"], seed=spec["split_seed"])
+    for sc in spec["scenarios"]:
+        data = apply_scenario(data, sc["name"], seed=spec["split_seed"], **sc["params"])
+    return data
+
+
+def _codes_and_metrics(model, data) -> tuple[dict, dict, dict]:
+    """Query and database codes of both directions, mAP@all of each, and the seconds taken."""
+    from cmhash.evaluation import DIRECTIONS, database_codes
+    from cmhash.metrics import mean_average_precision
+
+    codes, metrics, timing = {}, {}, {"encode_s": 0.0, "map_s": 0.0}
+    for direction, (q_mod, db_mod) in DIRECTIONS.items():
+        start = time.perf_counter()
+        q = model.encode(q_mod, data.query.features(q_mod))
+        db = database_codes(model, data.database, db_mod)
+        timing["encode_s"] += time.perf_counter() - start
+        start = time.perf_counter()
+        metrics[direction] = mean_average_precision(q, db, data.query.labels, data.database.labels).as_dict()
+        timing["map_s"] += time.perf_counter() - start
+        codes[f"{direction}_query"], codes[f"{direction}_database"] = q, db
+    return codes, metrics, {k: round(v, 4) for k, v in timing.items()}
+
+
+def _save_codes(path, codes: dict) -> None:
+    from cmhash.io import save_arrays
+
+    save_arrays(path, {k: c.data for k, c in codes.items()},
+                {"format": "cmhash-codes", "nbits": {k: c.nbits for k, c in codes.items()},
+                 "layout": "packed, 8 bits per byte (numpy.packbits, big-endian), +1 -> 1"})
+
+
+def _metrics_table(title: str, metrics: dict) -> Table:
+    table = Table(title=title)
+    for col in ("direction", "mAP@all %", "queries", "no relevant"):
+        table.add_column(col, justify="right")
+    for direction, label in (("i2t", "I->T"), ("t2i", "T->I")):
+        m = metrics[direction]
+        table.add_row(label, f"{100 * m['map']:.2f}", str(m["queries"]), str(m["queries_without_relevant"]))
+    return table
+
+
+@app.command()
+def train(
+    method: str = typer.Argument(..., help="method name (see `cmhash methods`)"),
+    dataset: str = typer.Option(..., "--dataset", help="benchmark name (see `cmhash datasets`), file path, or synthetic[:N]"),
+    out: str = typer.Option(..., "--out", help="folder for model.npz, codes.npz and metrics.json"),
+    bits: int = typer.Option(32, help="code length"),
+    seed: int = typer.Option(0, help="training seed"),
+    split_seed: int = typer.Option(0, "--split-seed", help="seed of the query/database split and of the scenarios"),
+    protocol: Optional[str] = typer.Option(None, help="evaluation protocol (default: the benchmark's)"),
+    preset: str = typer.Option("auto", help="hyper-parameter preset; auto: the one named like the dataset, if any; none: defaults"),
+    param: list[str] = typer.Option([], "--param", help="hyper-parameter override key=value (repeatable)"),
+    scenario: list[str] = typer.Option([], "--scenario", help="training scenario name[:key=value,...], e.g. partial_pairing:unpaired=0.5 (repeatable)"),
+) -> None:
+    """Train METHOD on a dataset, evaluate mAP@all in both directions, and save everything to OUT."""
+    from pathlib import Path
+
+    from cmhash.io import write_json
+    from cmhash.methods.registry import get_method_class
+
+    spec = {"dataset": dataset, "protocol": protocol, "split_seed": split_seed,
+            "scenarios": [_parse_scenario(s) for s in scenario]}
+    hparams = dict(_parse_param(p) for p in param)
+    try:
+        cls = get_method_class(method)
+        data = _load_data(spec)
+        chosen = _choose_preset(cls, preset, data)
+        model_method = cls(preset=chosen, **hparams)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(f"data: {data}" + (f"\npreset: {chosen}" if chosen else ""))
+    start = time.perf_counter()
+    model = model_method.fit(data.train, bits, seed=seed)
+    train_s = time.perf_counter() - start
+    try:
+        codes, metrics, timing = _codes_and_metrics(model, data)
+    except ValueError as exc:
+        fail(str(exc))
+    folder = Path(out)
+    model.save(folder / TRAIN_FILES["model"])
+    _save_codes(folder / TRAIN_FILES["codes"], codes)
+    write_json(folder / TRAIN_FILES["metrics"], {
+        "command": shlex.join(
+            ["cmhash", "train", method, "--dataset", dataset, "--out", out, "--bits", str(bits),
+             "--seed", str(seed), "--split-seed", str(split_seed), "--preset", preset]
+            + (["--protocol", protocol] if protocol else [])
+            + [a for p in param for a in ("--param", p)] + [a for sc in scenario for a in ("--scenario", sc)]),
+        "metrics": metrics,
+        "data_spec": spec,
+        "files": TRAIN_FILES,
+        "timing": {"train_s": round(train_s, 4), **timing},
+        "record": model.record,
+    })
+    console.print(_metrics_table(f"{method}, {bits} bits, seed {seed}", metrics))
+    console.print(f"saved to {folder}/: " + ", ".join(TRAIN_FILES.values()))
+
+
+def _choose_preset(cls, preset: str, data) -> Optional[str]:
+    """``auto``: the method's preset named like the dataset's benchmark (or name), if it has one."""
+    if preset == "none":
+        return None
+    if preset != "auto":
+        return preset
+    names = [data.info.get("benchmark"), data.name]
+    return next((n.lower() for n in names if isinstance(n, str) and n.lower() in cls.presets), None)
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: str = typer.Argument(..., help="a folder written by `cmhash train`"),
+    check: bool = typer.Option(False, help="exit with status 1 if the metrics differ from metrics.json"),
+) -> None:
+    """Recompute mAP from the saved model on the run's data; write eval.json beside metrics.json."""
+    import json
+    from pathlib import Path
+
+    from cmhash.io import write_json
+    from cmhash.methods.base import HashModel
+
+    folder = Path(run_dir)
+    try:
+        saved = json.loads((folder / TRAIN_FILES["metrics"]).read_text())
+        spec = saved["data_spec"]
+    except FileNotFoundError:
+        fail(f"{folder / TRAIN_FILES['metrics']}: no such file; is {folder} a folder written by `cmhash train`?")
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        fail(f"{folder / TRAIN_FILES['metrics']}: not a metrics file written by `cmhash train` ({exc})")
+    try:
+        model = HashModel.load(folder / TRAIN_FILES["model"])
+        data = _load_data(spec)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        fail(str(exc))
+    recorded = saved["record"].get("dataset", {}).get("checksum")
+    if recorded is not None and recorded != data.train.checksum():
+        fail(f"the training data of {spec['dataset']} changed since the run (checksum differs); "
+             "the saved database codes no longer describe it")
+    try:
+        _, metrics, timing = _codes_and_metrics(model, data)
+    except ValueError as exc:
+        fail(str(exc))
+    same = all(metrics[d]["map"] == saved["metrics"][d]["map"] for d in metrics)
+    write_json(folder / "eval.json", {"metrics": metrics, "timing": timing, "matches_metrics_json": same})
+    console.print(_metrics_table(f"{model.method}, {model.bits} bits (recomputed)", metrics))
+    console.print("same as metrics.json" if same else "[yellow]differs from metrics.json[/]")
+    if check and not same:
+        raise typer.Exit(1)
+
+
 
 
 # ----------------------------------------------------------- experiments (run / report)
