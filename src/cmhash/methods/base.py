@@ -8,6 +8,7 @@ presets, label hiding for unsupervised methods, timing and the run record, and s
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,7 +23,7 @@ from cmhash.record import run_record
 FORMAT_VERSION = 1
 
 
-class HashModel:
+class HashModel(ABC):
     """A trained hash model: encodes either modality to packed codes; saveable and loadable.
 
     Subclasses implement :meth:`encode`, :meth:`state` and :meth:`from_state`; they may override
@@ -37,8 +38,9 @@ class HashModel:
         self.record: dict[str, Any] = dict(record or {})
 
     # ------------------------------------------------------------- encoding
+    @abstractmethod
     def encode(self, modality: str, x: np.ndarray) -> PackedCodes:
-        raise NotImplementedError(f"{type(self).__name__} must implement encode()")
+        """Codes of the rows of ``x`` (features of ``modality``: "image" or "text")."""
 
     def database_codes(self, modality: str) -> PackedCodes | None:
         """Codes to search against instead of encoding the database (None: encode it)."""
@@ -62,13 +64,14 @@ class HashModel:
         return x
 
     # ---------------------------------------------------------- persistence
+    @abstractmethod
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """(arrays, JSON-ready config) that :meth:`from_state` turns back into this model."""
-        raise NotImplementedError(f"{type(self).__name__} must implement state()")
 
     @classmethod
+    @abstractmethod
     def from_state(cls, arrays: dict[str, np.ndarray], config: dict[str, Any], **common: Any) -> "HashModel":
-        raise NotImplementedError(f"{cls.__name__} must implement from_state()")
+        """Rebuild the model from :meth:`state`'s output (``common``: bits, hparams, record)."""
 
     def save(self, path: str | Path) -> Path:
         """Write the model to ``path`` (a single .npz, atomically; no pickles)."""
@@ -101,7 +104,7 @@ class HashModel:
         )
 
 
-class HashingMethod:
+class HashingMethod(ABC):
     """One per paper. Holds hyper-parameters; :meth:`fit` returns a :class:`HashModel`.
 
     Subclasses set ``name``, ``supervised``, ``model_class``, ``defaults`` (every
@@ -163,8 +166,9 @@ class HashingMethod:
         }
         return model
 
+    @abstractmethod
     def _fit(self, train: CrossModalDataset, bits: int, *, seed: int, progress: Progress | None) -> HashModel:
-        raise NotImplementedError(f"{type(self).__name__} must implement _fit()")
+        """The method's training: return a fitted model (labels hidden when unsupervised)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.hparams.items())})"
