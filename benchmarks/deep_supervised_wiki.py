@@ -120,24 +120,43 @@ def main() -> None:
                     "dataset_checksum": model.record["dataset"]["checksum"],
                     "versions": model.record["versions"],
                 }
-                results["runs"].append(run)
-                write_json(out, results)
-                print(f"{variant:20s} {bits:4d} bits seed {seed}: I->T {run['i2t']:.4f} T->I {run['t2i']:.4f} "
+                results = append_run(out, run)
+                print(f"{variant:28s} {bits:4d} bits seed {seed}: I->T {run['i2t']:.4f} T->I {run['t2i']:.4f} "
                       f"epoch {run['selected_epoch']}/{run['epochs_run']} {run['seconds_per_epoch']:.2f} s/epoch",
                       flush=True)
     print_table(results["runs"])
+
+
+def append_run(out: Path, run: dict) -> dict:
+    """Add ``run`` to the JSON file under an exclusive lock (several sweeps may share a file)."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"cmhash-bench-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(out.read_text()) if out.is_file() else {"runs": []}
+        results["runs"].append(run)
+        write_json(out, results)
+    return results
 
 
 def print_table(runs: list[dict]) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r.get("scenario", ""), r["variant"], r["bits"]), []).append(r)
-    print(f"\n{'scenario':28s} {'variant':20s} {'bits':>4s} {'I->T':>15s} {'T->I':>15s} {'s/epoch':>8s} seeds")
+    print(f"\n{'scenario':28s} {'variant':28s} {'bits':>4s} {'I->T':>15s} {'T->I':>15s} {'s/epoch':>8s} "
+          f"{'best ep':>7s} {'wall s':>7s} seeds")
     for (scen, variant, bits), rs in sorted(groups.items()):
         cell = lambda k: (f"{100 * statistics.mean(r[k] for r in rs):6.2f} +- "  # noqa: E731
                           f"{100 * (statistics.stdev(r[k] for r in rs) if len(rs) > 1 else 0):4.2f}")
         spe = statistics.mean(r["seconds_per_epoch"] for r in rs)
-        print(f"{scen or '-':28s} {variant:20s} {bits:4d} {cell('i2t'):>15s} {cell('t2i'):>15s} {spe:8.2f} {len(rs)}")
+        best = statistics.mean(r["selected_epoch"] + 1 for r in rs)
+        wall = statistics.mean(r["wall_s"] for r in rs)
+        print(f"{scen or '-':28s} {variant:28s} {bits:4d} {cell('i2t'):>15s} {cell('t2i'):>15s} {spe:8.2f} "
+              f"{best:7.1f} {wall:7.0f} {len(rs)}")
 
 
 if __name__ == "__main__":
