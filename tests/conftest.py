@@ -34,3 +34,19 @@ def wiki_path() -> Path:
             pytest.fail("CI=true but " + reason)
         pytest.skip(reason)
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_single_thread():
+    """Test modules that use torch run it on one intra-op thread: the tensors are tiny, one
+    thread is faster (several times so on a loaded 2-core machine) and results repeat exactly."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

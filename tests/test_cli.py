@@ -121,3 +121,15 @@ def test_auto_preset_follows_the_dataset_name():
     assert _choose_preset(DCGH, "auto", data.replace(name="WIKI")) == "wiki"
     assert _choose_preset(DCGH, "none", data.replace(name="wiki")) is None
     assert _choose_preset(DCGH, "iapr", data) == "iapr"
+
+
+@pytest.mark.parametrize("method", ["deep-baseline", "idgh", "dghdgh", "demo", "hint"])
+def test_train_and_eval_work_for_the_deep_methods(method, tmp_path):
+    """The deep methods go through the same generic command: train, save, reload, re-evaluate."""
+    pytest.importorskip("torch")
+    res = invoke("train", method, "--dataset", "synthetic:300", "--bits", 16, "--out", tmp_path,
+                 "--param", "epochs=1", "--param", "batch_size=64")
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["record"]["method"] == method and metrics["record"]["hparams"]["epochs"] == 1
+    assert invoke("eval", tmp_path, "--check").exit_code == 0

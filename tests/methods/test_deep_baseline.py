@@ -11,15 +11,6 @@ torch = pytest.importorskip("torch")
 
 from cmhash.methods.deep_baseline import PAIRS, real_triplet_loss  # noqa: E402
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: one intra-op thread is faster, and far faster on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 def test_real_triplet_loss_is_the_sum_of_four_cubic_losses():
     rng = np.random.default_rng(0)

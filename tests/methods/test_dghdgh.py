@@ -22,15 +22,6 @@ from cmhash.nn.engine import Batch, TrainContext  # noqa: E402
 from cmhash.nn.networks import HashNetworks  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: one intra-op thread is faster, and far faster on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def batch_labels(b, c=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     lab = (torch.rand(b, c, generator=g) < 0.3).float()

@@ -23,15 +23,6 @@ from cmhash.methods.idgh import (  # noqa: E402
 )
 from cmhash.methods.registry import get_method  # noqa: E402
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: one intra-op thread is faster, and far faster on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 def toy(seed=0, n=40, k=5, c=4):
     rng = np.random.default_rng(seed)

@@ -17,15 +17,6 @@ from cmhash.methods.registry import get_method, get_method_class  # noqa: E402
 FAST = {"batch_size": 64, "hidden": [64]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread is faster and avoids oversubscribing a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_data():
     return make_synthetic(360, image_dim=32, text_dim=16, num_classes=4, seed=3)

@@ -21,15 +21,6 @@ from cmhash.progress import RecordingProgress  # noqa: E402
 
 SMALL = dict(hidden=[32], batch_size=64, epochs=6)
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: one intra-op thread is faster, and far faster on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 @pytest.fixture(scope="module")
 def data():

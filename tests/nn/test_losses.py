@@ -17,15 +17,6 @@ from cmhash.nn.losses import (  # noqa: E402
     weighted_triplet_loss,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: one intra-op thread is faster, and far faster on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 def brute_triplet(d_pos, w_pos, d_neg, neg_mask, margin):
     """The cubic definition: every (anchor, positive, negative) triplet, one by one."""
