@@ -148,8 +148,8 @@ def radius_numpy(
 # ------------------------------------------------------------------------------ numba kernel
 try:  # the `fast` extra
     import numba
-    from numba import types as _nt
-    from numba.extending import intrinsic as _intrinsic
+
+    from cmhash._popcount import popcount as _popcount
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
@@ -157,18 +157,6 @@ except ImportError:  # pragma: no cover - exercised only without numba
 
 
 if HAVE_NUMBA:
-
-    @_intrinsic
-    def _popcount(typingctx, x):
-        """The CPU's popcount instruction (LLVM ctpop) on any unsigned integer, as int64."""
-        if not isinstance(x, _nt.Integer):
-            return None
-
-        def codegen(context, builder, sig, args):
-            res = builder.ctpop(args[0])
-            return res if x.bitwidth == 64 else builder.zext(res, context.get_value_type(_nt.int64))
-
-        return _nt.int64(x), codegen
 
     @numba.njit(cache=True)
     def _compact(cand_i, cand_d, m, hist, k):

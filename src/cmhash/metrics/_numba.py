@@ -14,24 +14,9 @@ on the thread count.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
-
-@intrinsic
-def _popcount(typingctx, x):
-    """llvm.ctpop on a uint64 (one POPCNT instruction where the CPU has it), typed int64 so the
-    arithmetic around it stays integer (numba turns int64 op uint64 into float64)."""
-    if not isinstance(x, types.Integer):
-        return None
-    sig = types.int64(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
-        return builder.call(fn, [args[0]])
-
-    return sig, codegen
+from cmhash._popcount import popcount as _popcount
 
 
 @njit(cache=True, nogil=True)
