@@ -19,6 +19,19 @@ from numba import njit, prange
 from cmhash._popcount import popcount as _popcount
 
 
+@njit(inline="always", nogil=True)
+def _distance_relevance(qw, dw, qm, dm, qi, i):
+    """Hamming distance of query ``qi`` to item ``i`` (any number of words) and whether they
+    share a label (any number of label words): the general path of both kernels below."""
+    d = 0
+    for w in range(dw.shape[1]):
+        d += _popcount(qw[qi, w] ^ dw[i, w])
+    r = False
+    for w in range(dm.shape[1]):
+        r |= (qm[qi, w] & dm[i, w]) != 0
+    return d, r
+
+
 @njit(cache=True, nogil=True)
 def _histograms(qw, dw, qm, dm, qi, h_all, h_rel):
     """Add query ``qi``'s items to ``h_all[d]`` and its relevant items to ``h_rel[d]``."""
@@ -32,12 +45,7 @@ def _histograms(qw, dw, qm, dm, qi, h_all, h_rel):
             h_rel[d] += (m & dm[i, 0]) != 0
         return
     for i in range(n):
-        d = 0
-        for w in range(nw):
-            d += _popcount(qw[qi, w] ^ dw[i, w])
-        r = False
-        for w in range(nl):
-            r |= (qm[qi, w] & dm[i, w]) != 0
+        d, r = _distance_relevance(qw, dw, qm, dm, qi, i)
         h_all[d] += 1
         h_rel[d] += r
 
@@ -68,12 +76,7 @@ def _relevant_ranks(qw, dw, qm, dm, qi, nbits, buf, ranks):
             h_rel[d] += r
     else:
         for i in range(n):
-            d = 0
-            for w in range(nw):
-                d += _popcount(qw[qi, w] ^ dw[i, w])
-            r = False
-            for w in range(nl):
-                r |= (qm[qi, w] & dm[i, w]) != 0
+            d, r = _distance_relevance(qw, dw, qm, dm, qi, i)
             p = h_all[d]
             buf[cnt] = (p << 16) | d
             cnt += r
