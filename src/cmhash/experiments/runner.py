@@ -31,12 +31,12 @@ from cmhash.experiments.measure import measure
 from cmhash.experiments.store import ResultsStore
 from cmhash.progress import Progress, ensure_progress
 
-# Scenario axis -> (function of cmhash.data.scenarios, the keyword that takes the axis value).
-SCENARIO_FUNCTIONS = {
-    "partial_pairing": (scenarios.partial_pairing, "unpaired"),
-    "label_noise": (scenarios.label_noise, "rate"),
-    "long_tail": (scenarios.long_tail, "imbalance_factor"),
-    "corrupted_pairs": (scenarios.corrupted_pairs, "rate"),
+# Scenario axis (a name in cmhash.data.scenarios.SCENARIOS) -> the keyword that takes the axis value.
+SCENARIO_KEYWORDS = {
+    "partial_pairing": "unpaired",
+    "label_noise": "rate",
+    "long_tail": "imbalance_factor",
+    "corrupted_pairs": "rate",
 }
 
 
@@ -199,8 +199,8 @@ def cell_data(cell: Cell) -> CrossModalDataset:
         if axis == "train_size":
             data = subsample_train(data, int(value), seed=cell.seed)
         else:
-            function, keyword = SCENARIO_FUNCTIONS[axis]
-            data = function(data, seed=cell.seed, **{keyword: value}, **params)
+            data = scenarios.apply_scenario(data, axis, seed=cell.seed,
+                                            **{SCENARIO_KEYWORDS[axis]: value}, **params)
     return data
 
 
