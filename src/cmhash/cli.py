@@ -146,20 +146,16 @@ def _load_data(spec: dict):
 
 def _codes_and_metrics(model, data) -> tuple[dict, dict, dict]:
     """Query and database codes of both directions, mAP@all of each, and the seconds taken."""
-    from cmhash.evaluation import DIRECTIONS, database_codes
-    from cmhash.metrics import mean_average_precision
+    from cmhash.evaluation import direction_codes, map_by_direction
 
-    codes, metrics, timing = {}, {}, {"encode_s": 0.0, "map_s": 0.0}
-    for direction, (q_mod, db_mod) in DIRECTIONS.items():
-        start = time.perf_counter()
-        q = model.encode(q_mod, data.query.features(q_mod))
-        db = database_codes(model, data.database, db_mod)
-        timing["encode_s"] += time.perf_counter() - start
-        start = time.perf_counter()
-        metrics[direction] = mean_average_precision(q, db, data.query.labels, data.database.labels).as_dict()
-        timing["map_s"] += time.perf_counter() - start
-        codes[f"{direction}_query"], codes[f"{direction}_database"] = q, db
-    return codes, metrics, {k: round(v, 4) for k, v in timing.items()}
+    start = time.perf_counter()
+    pairs = direction_codes(model, data)
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    metrics = map_by_direction(pairs, data)
+    map_s = time.perf_counter() - start
+    codes = {f"{d}_{role}": c for d, (q, db) in pairs.items() for role, c in (("query", q), ("database", db))}
+    return codes, metrics, {"encode_s": round(encode_s, 4), "map_s": round(map_s, 4)}
 
 
 def _save_codes(path, codes: dict) -> None:

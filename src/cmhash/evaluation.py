@@ -26,17 +26,27 @@ def database_codes(model: HashModel, database: CrossModalDataset, modality: str)
     return codes
 
 
+def direction_codes(model: HashModel, dataset: CrossModalDataset) -> dict[str, tuple[PackedCodes, PackedCodes]]:
+    """For each direction ("i2t", "t2i"): (query codes, database codes)."""
+    query, database = dataset.query, dataset.database
+    return {
+        direction: (model.encode(q_mod, query.features(q_mod)), database_codes(model, database, db_mod))
+        for direction, (q_mod, db_mod) in DIRECTIONS.items()
+    }
+
+
+def map_by_direction(
+    codes: dict[str, tuple[PackedCodes, PackedCodes]], dataset: CrossModalDataset, *, topk: int | None = None
+) -> dict[str, Any]:
+    """mAP (@all, or @``topk``) of each direction's (query, database) codes."""
+    return {
+        direction: mean_average_precision(
+            q, db, dataset.query.labels, dataset.database.labels, topk=topk
+        ).as_dict()
+        for direction, (q, db) in codes.items()
+    }
+
+
 def evaluate(model: HashModel, dataset: CrossModalDataset, *, topk: int | None = None) -> dict[str, Any]:
     """mAP (@all, or @``topk``) for image->text and text->image on query vs database."""
-    query, database = dataset.query, dataset.database
-    out: dict[str, Any] = {}
-    for direction, (q_mod, db_mod) in DIRECTIONS.items():
-        result = mean_average_precision(
-            model.encode(q_mod, query.features(q_mod)),
-            database_codes(model, database, db_mod),
-            query.labels,
-            database.labels,
-            topk=topk,
-        )
-        out[direction] = result.as_dict()
-    return out
+    return map_by_direction(direction_codes(model, dataset), dataset, topk=topk)

@@ -13,7 +13,7 @@ import numpy as np
 
 from cmhash.codes import PackedCodes
 from cmhash.data.dataset import CrossModalDataset
-from cmhash.evaluation import DIRECTIONS, database_codes, evaluate
+from cmhash.evaluation import direction_codes, map_by_direction
 from cmhash.experiments.config import EvaluationSpec
 from cmhash.methods.base import HashModel
 from cmhash.metrics import fisher_ratio, ranking_report
@@ -29,12 +29,11 @@ def measure(model: HashModel, data: CrossModalDataset, spec: EvaluationSpec, *, 
     """``{"metrics": {...}, "curves": {...}, "codes": {...}, "eval_time_s": t}`` for one model."""
     start = time.perf_counter()
     query, database = data.query, data.database
-    maps = evaluate(model, data)
+    codes = direction_codes(model, data)
+    maps = map_by_direction(codes, data)
     metrics: dict[str, Any] = {}
     curves: dict[str, Any] = {}
-    for direction, (q_mod, db_mod) in DIRECTIONS.items():
-        q_codes = model.encode(q_mod, query.features(q_mod))
-        db_codes = database_codes(model, database, db_mod)
+    for direction, (q_codes, db_codes) in codes.items():
         metrics[direction] = {
             "map": maps[direction]["map"],
             "queries": maps[direction]["queries"],
