@@ -94,3 +94,21 @@ def test_lock_refuses_a_live_runner_and_takes_over_a_dead_one(tmp_path):
     with store.lock():  # the process is gone: its lock is stale
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
     assert not (tmp_path / ".lock").exists()
+
+
+def test_expensive_cells_are_started_first():
+    """The runner orders unfinished cells by the methods' cost hints, most expensive first."""
+    pytest.importorskip("torch")
+    from cmhash.experiments.runner import _cost_hint
+
+    cfg = parse_config({
+        "datasets": [{"name": "synthetic", "params": {"n": 200}}],
+        "methods": [{"name": "cca-itq"}, {"name": "deep-baseline", "hparams": {"epochs": 5}},
+                    {"name": "deep-baseline", "label": "long", "hparams": {"epochs": 50}},
+                    {"name": "dghdgh", "hparams": {"epochs": 5}}],
+        "grid": {"bits": [16, 128], "seeds": [0]},
+    }, source="test")
+    hint = {(c.method.label, c.bits): _cost_hint(c) for c in unique_cells(cfg)}
+    assert hint[("dghdgh", 128)] > hint[("dghdgh", 16)] > hint[("deep-baseline", 16)]
+    assert hint[("long", 16)] == 10 * hint[("deep-baseline", 16)]   # scales with the epochs asked for
+    assert hint[("cca-itq", 16)] < hint[("long", 16)]

@@ -72,6 +72,41 @@ def test_lambda_is_channelwise_in_open_unit_interval():
     assert float(lam.detach().std(dim=-1).mean()) > 1e-3   # channels differ: one coefficient per channel
 
 
+def test_edge_update_matches_eq5_written_out():
+    """update_edges projects the node keys instead of the edges; the value must be Eq. 5's."""
+    import math
+
+    torch.manual_seed(3)
+    k = 12
+    block = RelevanceGlobalPropagation(k, 3).blocks[0].double()
+    edges = torch.randn(5, 7, k, dtype=torch.float64)
+    vx, vy = torch.randn(5, k, dtype=torch.float64), torch.randn(7, k, dtype=torch.float64)
+    q = block.ca_q(edges)                                     # the query of every edge, directly
+    px, py = block.node_to_edge(vx), block.node_to_edge(vy)
+    kx, ky = block.ca_k(px), block.ca_k(py)
+    s = torch.stack([(q * kx[:, None, :]).sum(-1), (q * ky[None, :, :]).sum(-1)]) / math.sqrt(k)
+    w = torch.softmax(s, dim=0)
+    ca = w[0, :, :, None] * block.ca_v(px)[:, None, :] + w[1, :, :, None] * block.ca_v(py)[None, :, :]
+    e = block.edge_norm1(ca + edges)
+    want = block.edge_norm2(block.edge_mlp(e) + e)
+    assert torch.allclose(block.update_edges(edges, vx, vy), want, atol=1e-12)
+
+
+@pytest.mark.parametrize("edge_to_node", [True, False])
+def test_text_image_graph_is_the_image_text_graph_transposed(edge_to_node):
+    """The T-I propagation is reused from I-T; check the two really agree (training-mode BN)."""
+    torch.manual_seed(4)
+    b, k = 9, 8
+    rgp = RelevanceGlobalPropagation(k, 4, edge_to_node=edge_to_node).double()
+    img, txt = torch.randn(b, k, dtype=torch.float64), torch.randn(b, k, dtype=torch.float64)
+    lab = batch_labels(b, seed=5)
+    neg = (lab @ lab.T) == 0
+    lam_it, logit_i, logit_t = rgp(img, txt, neg, same=False)
+    lam_ti, logit_t2, logit_i2 = rgp(txt, img, neg, same=False)
+    assert torch.allclose(lam_ti, lam_it.transpose(0, 1), atol=1e-12)
+    assert torch.allclose(logit_t2, logit_t, atol=1e-12) and torch.allclose(logit_i2, logit_i, atol=1e-12)
+
+
 def test_interpolation_uses_the_real_negative_when_d_pos_not_below_d_neg():
     a = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
     n = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])

@@ -78,7 +78,7 @@ def run_grid(
     with store.lock():
         store.remove_stray_temps()
         store.save_config({"source": str(config.path) if config.path else None, "config": config.raw})
-        todo = [c for c in cells if not store.has(c.key)]
+        todo = sorted((c for c in cells if not store.has(c.key)), key=_cost_hint, reverse=True)
         summary = RunSummary(total=len(cells), skipped=len(cells) - len(todo))
         progress.start(len(cells), f"{config.name}")
         if summary.skipped:
@@ -98,6 +98,18 @@ def run_grid(
                        "skipped": summary.skipped, "done": summary.done, "failed": len(summary.failed),
                        "wall_time_s": summary.wall_time_s, "cpus": os.cpu_count()})
     return summary
+
+
+def _cost_hint(cell: Cell) -> float:
+    """The method's rough cost estimate for the cell (0 when the method cannot be built): the
+    runner starts expensive cells first, so parallel workers finish close together."""
+    try:
+        from cmhash.methods.registry import get_method
+
+        method = get_method(cell.method.name, preset=cell.method.preset, **cell.method.hparams)
+        return float(method.cost_hint(cell.bits))
+    except (ImportError, ValueError, TypeError):
+        return 0.0
 
 
 def _execute(cells: list[Cell], jobs: int) -> Iterator[tuple[Cell, dict[str, Any]]]:

@@ -170,6 +170,14 @@ class HashingMethod(ABC):
     def _fit(self, train: CrossModalDataset, bits: int, *, seed: int, progress: Progress | None) -> HashModel:
         """The method's training: return a fitted model (labels hidden when unsupervised)."""
 
+    def cost_hint(self, bits: int) -> float:
+        """Rough cost of one fit at ``bits``, in deep-baseline epochs on the same data.
+
+        Only used to start a grid's expensive cells first (so two workers finish together);
+        never a measurement. Subclasses with very different costs override it.
+        """
+        return 4.0
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.hparams.items())})"
 

@@ -193,6 +193,10 @@ class LossPlugin(_Hooks, abc.ABC):
     def hparams(self) -> dict[str, Any]:
         return {}
 
+    def epoch_cost(self, bits: int) -> float:
+        """Rough extra cost per epoch, in deep-baseline epochs (see HashingMethod.cost_hint)."""
+        return 0.0
+
     @abc.abstractmethod
     def batch_loss(self, ctx: TrainContext, batch: Batch, codes: dict[str, torch.Tensor]
                    ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -209,6 +213,12 @@ class DeepHashingMethod(_Hooks, HashingMethod, metaclass=abc.ABCMeta):
     def __init__(self, preset: str | None = None, **hparams: Any):
         super().__init__(preset=preset, **hparams)
         self.plugins: list[LossPlugin] = []
+
+    #: rough cost of one epoch relative to the deep baseline's (see HashingMethod.cost_hint)
+    epoch_cost: ClassVar[float] = 1.0
+
+    def cost_hint(self, bits: int) -> float:
+        return int(self.hparams["epochs"]) * (self.epoch_cost + sum(p.epoch_cost(bits) for p in self.plugins))
 
     def add_plugin(self, plugin: LossPlugin) -> "DeepHashingMethod":
         """Attach an extra loss; its name and hyper-parameters go into ``hparams['plugins']``."""
