@@ -242,3 +242,29 @@ def test_dgs_bad_parameters():
         GlobalSenseSynthesis(gen_lr=0.0)
     with pytest.raises(ValueError, match="gt_heads"):
         RelevanceGlobalPropagation(6, 3, heads=4)
+
+
+@pytest.mark.parametrize("edge_to_node", [True, False])
+def test_same_modality_graph_on_the_triangle_matches_the_dense_graph(edge_to_node):
+    """I-I / T-T graphs propagate only i <= j; same lambda, logits and gradients as dense."""
+    torch.manual_seed(6)
+    b, k = 10, 8
+    rgp = RelevanceGlobalPropagation(k, 4, edge_to_node=edge_to_node).double()
+    x = torch.randn(b, k, dtype=torch.float64)
+    lab = batch_labels(b, seed=7)
+    neg = (lab @ lab.T) == 0
+    lam_tri, logits_tri, logits_tri_y = rgp(x, x, neg, same=True)
+    grads_tri = torch.autograd.grad(lam_tri.pow(2).sum() + logits_tri.sum(), list(rgp.parameters()),
+                                    allow_unused=True)
+    lam_dense, logits_dense, _ = rgp(x, x.clone(), neg, same=False)   # the full B x B graph
+    grads_dense = torch.autograd.grad(lam_dense.pow(2).sum() + logits_dense.sum(), list(rgp.parameters()),
+                                      allow_unused=True)
+    assert torch.allclose(lam_tri, lam_dense, atol=1e-12)
+    assert torch.allclose(lam_tri, lam_tri.transpose(0, 1))
+    assert torch.allclose(logits_tri, logits_dense, atol=1e-12) and logits_tri_y is logits_tri
+    # the same function of the parameters, so the same gradients
+    names = [n for n, _ in rgp.named_parameters()]
+    for name, gt, gd in zip(names, grads_tri, grads_dense):
+        assert (gt is None) == (gd is None), name
+        if gt is not None:
+            assert torch.allclose(gt, gd, atol=1e-10), name

@@ -35,8 +35,9 @@ Per batch and for each of the four graphs (I-I, I-T, T-I, T-T; anchors x, candid
 
 Cost: the T-I graph is the I-T graph with anchors and candidates swapped (the label mask is
 symmetric and every block treats the two sides alike), so its propagation is the I-T result
-transposed and is computed once (the paper's "three graphs": image, text, cross-modal); a test
-checks the two agree.
+transposed and is computed once (the paper's "three graphs": image, text, cross-modal); in the
+I-I and T-T graphs the edges stay symmetric, so only their upper triangle is propagated. Tests
+check both against the dense computation.
 
 Memory: every tensor is at most (B x B x K) per graph (times the MLP width); the official
 code's (B x B x B) triplet mask is never built (:func:`cmhash.nn.losses.weighted_triplet_loss`).
@@ -101,6 +102,30 @@ class MaskedMultiHeadAttention(nn.Module):
         return self.out((attn @ v).transpose(0, 1).reshape(a, -1))
 
 
+class UpperTriangle:
+    """The pairs i <= j of a B-node graph whose edges are symmetric (E_ij = E_ji).
+
+    In the I-I and T-T graphs every block maps a symmetric edge tensor to a symmetric one, so the
+    edges are kept as the T = B (B + 1) / 2 rows (i, j), i <= j, and expanded only where a
+    B x B x K tensor is needed: the same values for about half the per-edge work.
+    """
+
+    def __init__(self, b: int, device: torch.device):
+        self.rows, self.cols = torch.triu_indices(b, b, device=device)
+        t = self.rows.shape[0]
+        self.full = torch.empty(b, b, dtype=torch.long, device=device)   # (i, j) -> its row
+        self.full[self.rows, self.cols] = torch.arange(t, device=device)
+        self.full[self.cols, self.rows] = torch.arange(t, device=device)
+        self.off = self.rows != self.cols
+        self.b = b
+
+    def row_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """mean_j f(E_ij) for every node i, from the triangle's rows of f(E) (T x K)."""
+        total = torch.zeros(self.b, t.shape[1], dtype=t.dtype, device=t.device)
+        total = total.index_add(0, self.rows, t).index_add(0, self.cols[self.off], t[self.off])
+        return total / self.b
+
+
 class GraphTransformerBlock(nn.Module):
     """One node update (Eq. 4) followed by one edge update (Eq. 5) on a bipartite batch graph."""
 
@@ -124,28 +149,41 @@ class GraphTransformerBlock(nn.Module):
         v = self.node_norm1(msg + nodes)
         return self.node_norm2(self.node_mlp(v) + v)
 
-    def update_edges(self, edges: torch.Tensor, vx: torch.Tensor, vy: torch.Tensor) -> torch.Tensor:
+    def update_edges(self, edges: torch.Tensor, vx: torch.Tensor, vy: torch.Tensor,
+                     tri: UpperTriangle | None = None) -> torch.Tensor:
         """Eq. 5: each edge (i, j) attends to its end nodes i and j (two keys, softmax over them).
 
-        The score q_ij . k_i with q_ij = Wq E_ij + bq equals E_ij . (Wq^T k_i) + bq . k_i, so the
-        query projection is applied to the B node keys instead of the B^2 edges (same value,
-        one A x B x K x K product fewer, forward and backward).
+        ``edges`` is A x B x K, or the T x K rows of ``tri``. The score q_ij . k_i with
+        q_ij = Wq E_ij + bq equals E_ij . (Wq^T k_i) + bq . k_i, so the query projection is
+        applied to the node keys instead of the B^2 edges (same value, one K x K product per
+        edge fewer, forward and backward).
         """
         px, py = self.node_to_edge(vx), self.node_to_edge(vy)
         kx, ky, vvx, vvy = self.ca_k(px), self.ca_k(py), self.ca_v(px), self.ca_v(py)
-        scale = math.sqrt(edges.shape[-1])
         wq, bq = self.ca_q.weight, self.ca_q.bias
-        sx = torch.einsum("abk,ak->ab", edges, kx @ wq) + (kx @ bq)[:, None]     # A x B
-        sy = torch.einsum("abk,bk->ab", edges, ky @ wq) + (ky @ bq)[None, :]
-        w = torch.softmax(torch.stack([sx, sy]) / scale, dim=0)                 # 2 x A x B
-        ca = w[0, :, :, None] * vvx[:, None, :] + w[1, :, :, None] * vvy[None, :, :]
+        gx, gy, bx, by = kx @ wq, ky @ wq, kx @ bq, ky @ bq
+        if tri is None:
+            sx = torch.einsum("abk,ak->ab", edges, gx) + bx[:, None]            # A x B
+            sy = torch.einsum("abk,bk->ab", edges, gy) + by[None, :]
+            ax, ay = vvx[:, None, :], vvy[None, :, :]
+        else:
+            r, c = tri.rows, tri.cols
+            sx = (edges * gx[r]).sum(-1) + bx[r]                                # T
+            sy = (edges * gy[c]).sum(-1) + by[c]
+            ax, ay = vvx[r], vvy[c]
+        w = torch.softmax(torch.stack([sx, sy]) / math.sqrt(edges.shape[-1]), dim=0)
+        ca = w[0, ..., None] * ax + w[1, ..., None] * ay
         e = self.edge_norm1(ca + edges)
         return self.edge_norm2(self.edge_mlp(e) + e)
 
-    def forward(self, vx, vy, edges, neg, same: bool):
+    def forward(self, vx, vy, edges, neg, tri: UpperTriangle | None = None):
+        """One block; ``tri`` marks a graph of one modality with itself (vy is vx, edges symmetric)."""
         t = self.edge_to_node(edges) if self.edge_to_node is not None else None   # once, both ends
+        if tri is not None:
+            new_x = self.update_nodes(vx, vx, None if t is None else tri.row_mean(t), neg)
+            return new_x, new_x, self.update_edges(edges, new_x, new_x, tri)
         new_x = self.update_nodes(vx, vy, None if t is None else t.mean(dim=1), neg)
-        new_y = new_x if same else self.update_nodes(vy, vx, None if t is None else t.mean(dim=0), neg.T)
+        new_y = self.update_nodes(vy, vx, None if t is None else t.mean(dim=0), neg.T)
         return new_x, new_y, self.update_edges(edges, new_x, new_y)
 
 
@@ -163,14 +201,28 @@ class RelevanceGlobalPropagation(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, neg: torch.Tensor, same: bool
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(lambda (A x B x K) in (0, 1), node logits of x (A x C), of y (B x C))."""
-        edges = initial_edges(x, y)
+        """(lambda (A x B x K) in (0, 1), node logits of x (A x C), of y (B x C)).
+
+        ``same``: y is x (the I-I and T-T graphs); the symmetric edges are then propagated as
+        their upper triangle (:class:`UpperTriangle`).
+        """
         vx = self.node_in(x)
-        vy = vx if same else self.node_in(y)
+        if same:
+            tri = UpperTriangle(x.shape[0], x.device)
+            full = initial_edges(x, x)
+            edges, vy = full[tri.rows, tri.cols], vx
+        else:
+            tri, edges, vy = None, initial_edges(x, y), self.node_in(y)
         for block in self.blocks:
-            vx, vy, edges = block(vx, vy, edges, neg, same)
-        a, b, k = edges.shape
-        lam = torch.sigmoid(self.lam_fc(self.edge_bn(edges.reshape(a * b, k)))).reshape(a, b, k)  # Eq. 6
+            vx, vy, edges = block(vx, vy, edges, neg, tri)
+        k = edges.shape[-1]
+        if tri is None:
+            a, b = edges.shape[:2]
+            lam = torch.sigmoid(self.lam_fc(self.edge_bn(edges.reshape(a * b, k)))).reshape(a, b, k)  # Eq. 6
+        else:  # batch statistics over all B^2 edges, the K x K layer on the triangle only
+            b = tri.b
+            normed = self.edge_bn(edges[tri.full].reshape(b * b, k)).reshape(b, b, k)
+            lam = torch.sigmoid(self.lam_fc(normed[tri.rows, tri.cols]))[tri.full]
         logits_x = self.node_cls(self.node_bn(vx))
         logits_y = logits_x if same else self.node_cls(self.node_bn(vy))
         return lam, logits_x, logits_y
