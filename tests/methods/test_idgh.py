@@ -17,6 +17,7 @@ from cmhash.methods.idgh import (  # noqa: E402
     calibrate,
     eta_at,
     ndcg_triplet_loss,
+    ndcg_triplet_weights,
     neighbour_covariances,
     refinement_weights,
     synthesize,
@@ -168,7 +169,8 @@ def test_ndcg_triplet_loss_matches_loop():
     a, b = rng.standard_normal((6, 4)), rng.standard_normal((7, 4))
     la = (rng.random((6, 3)) < 0.5).astype(float)
     lb = (rng.random((7, 3)) < 0.5).astype(float)
-    got = float(ndcg_triplet_loss(torch.tensor(a), torch.tensor(la), torch.tensor(b), torch.tensor(lb), 0.1, 10.0))
+    w, neg = ndcg_triplet_weights(torch.tensor(la), torch.tensor(lb), 10.0)
+    got = float(ndcg_triplet_loss(torch.tensor(a), torch.tensor(b), w, neg, 0.1))
     cos = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
     d = np.maximum(1 - cos, 0)
     s = la @ lb.T

@@ -192,13 +192,19 @@ def synthesize(
     return (centres.unsqueeze(0) + math.sqrt(eta) * noise).reshape(aug_num * b, k)
 
 
-def ndcg_triplet_loss(a: torch.Tensor, la: torch.Tensor, b: torch.Tensor, lb: torch.Tensor,
-                      margin: float, weight: float) -> torch.Tensor:
-    """IDGH's NDCG-weighted cosine triplet loss of anchors ``a`` against items ``b``."""
+def ndcg_triplet_weights(la: torch.Tensor, lb: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(triplet weights weight x NDCG gain of each relevant pair, negative mask) of anchors with
+    labels ``la`` against items with labels ``lb``; computed once per batch for all three losses."""
     shared = la @ lb.T
+    return weight * ndcg_gains(shared) * (shared > 0), shared == 0
+
+
+def ndcg_triplet_loss(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, neg: torch.Tensor,
+                      margin: float) -> torch.Tensor:
+    """IDGH's NDCG-weighted cosine triplet loss of anchors ``a`` against items ``b``
+    (``w``, ``neg`` from :func:`ndcg_triplet_weights`)."""
     dist = (1.0 - cosine_similarity_matrix(a, b)).clamp_min(0.0)
-    w = weight * ndcg_gains(shared) * (shared > 0)
-    return weighted_triplet_loss(dist, w, dist, shared == 0, margin)[0]
+    return weighted_triplet_loss(dist, w, dist, neg, margin)[0]
 
 
 # -------------------------------------------------------------------------------- the method
@@ -313,10 +319,10 @@ class IDGH(DeepHashingMethod):
                 aug = synthesize(centre, self.item_covariance(ctx, m, labels), eta, int(h["aug_num"]))
                 items[m] = torch.cat([codes[m], aug])
             labels = labels.repeat(int(h["aug_num"]) + 1, 1)
-        mw = (h["margin"], h["triplet_weight"])
-        l_ii = ndcg_triplet_loss(items["image"], labels, items["image"], labels, *mw)
-        l_tt = ndcg_triplet_loss(items["text"], labels, items["text"], labels, *mw)
-        l_it = ndcg_triplet_loss(items["image"], labels, items["text"], labels, *mw)
+        w, neg = ndcg_triplet_weights(labels, labels, h["triplet_weight"])
+        l_ii = ndcg_triplet_loss(items["image"], items["image"], w, neg, h["margin"])
+        l_tt = ndcg_triplet_loss(items["text"], items["text"], w, neg, h["margin"])
+        l_it = ndcg_triplet_loss(items["image"], items["text"], w, neg, h["margin"])
         loss = l_ii + l_tt + l_it
         return loss, {"l_ii": float(l_ii.detach()), "l_tt": float(l_tt.detach()),
                       "l_it": float(l_it.detach()), "synthetic": float(synth)}

@@ -8,6 +8,7 @@ definition of an active triplet, so ties give the same counts as the torch path.
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 
@@ -21,35 +22,32 @@ def triplet_coefficients(x, pos_order, w, y, neg_order, neg_mask, count, below, 
     ``pos_order[a]`` sorts row a of ``x`` ascending (non-strictly), ``neg_order[a]`` row a of ``y``.
     """
     n_anchor, n_pos, n_neg = x.shape[0], x.shape[1], y.shape[1]
+    xs, ws, ps = np.empty(n_pos, x.dtype), np.empty(n_pos, w.dtype), np.empty(n_pos, np.int64)
+    ys, ns = np.empty(n_neg, y.dtype), np.empty(n_neg, np.int64)
     for a in range(n_anchor):
-        j, c, acc = 0, 0, 0.0                      # j: next negative in ascending order
+        kp = 0                                     # the positives, ascending: x, w, column
         for q in range(n_pos):
             p = pos_order[a, q]
-            if not w[a, p] > 0:
-                count[a, p], below[a, p] = 0, 0.0
-                continue
-            xv = x[a, p]
-            while j < n_neg:
-                n = neg_order[a, j]
-                if neg_mask[a, n]:
-                    if not y[a, n] < xv:
-                        break
-                    c += 1
-                    acc += y[a, n]
+            count[a, p], below[a, p] = 0, 0.0
+            if w[a, p] > 0:
+                xs[kp], ws[kp], ps[kp] = x[a, p], w[a, p], p
+                kp += 1
+        kn = 0                                     # the negatives, ascending: y, column
+        for j in range(n_neg):
+            n = neg_order[a, j]
+            m[a, n] = 0.0
+            if neg_mask[a, n]:
+                ys[kn], ns[kn] = y[a, n], n
+                kn += 1
+        j, acc = 0, 0.0                            # upwards: negatives strictly below each x
+        for q in range(kp):
+            while j < kn and ys[j] < xs[q]:
+                acc += ys[j]
                 j += 1
-            count[a, p], below[a, p] = c, acc
-        q, wsum = n_pos - 1, 0.0                   # q: next positive in descending order
-        for jj in range(n_neg - 1, -1, -1):
-            n = neg_order[a, jj]
-            if not neg_mask[a, n]:
-                m[a, n] = 0.0
-                continue
-            yv = y[a, n]
-            while q >= 0:
-                p = pos_order[a, q]
-                if w[a, p] > 0:
-                    if not x[a, p] > yv:
-                        break
-                    wsum += w[a, p]
+            count[a, ps[q]], below[a, ps[q]] = j, acc
+        q, wsum = kp - 1, 0.0                      # downwards: weights of positives strictly above each y
+        for j in range(kn - 1, -1, -1):
+            while q >= 0 and xs[q] > ys[j]:
+                wsum += ws[q]
                 q -= 1
-            m[a, n] = wsum
+            m[a, ns[j]] = wsum

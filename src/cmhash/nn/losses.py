@@ -31,10 +31,19 @@ def ndcg_gains(shared: torch.Tensor) -> torch.Tensor:
     Z_i = sum_r (2^{s_i(r)} - 1) / log2(r + 1) over row i's values sorted descending (r = 1..n).
     A row without any relevant item keeps gains 0.
     """
-    ideal = torch.sort(shared, dim=1, descending=True).values
-    ranks = torch.arange(2, shared.shape[1] + 2, device=shared.device, dtype=shared.dtype)
-    z = ((2.0 ** ideal - 1.0) / torch.log2(ranks)).sum(dim=1, keepdim=True)
-    return (2.0 ** shared - 1.0) / z.clamp_min(1e-12)
+    gains = torch.exp2(shared) - 1.0
+    ideal = _sorted_descending(gains)                            # the gain is monotone in s_ij
+    ranks = torch.arange(2, shared.shape[1] + 2, device=shared.device, dtype=gains.dtype)
+    z = (ideal / torch.log2(ranks)).sum(dim=1, keepdim=True)
+    return gains / z.clamp_min(1e-12)
+
+
+def _sorted_descending(t: torch.Tensor) -> torch.Tensor:
+    """Each row's values in descending order (numpy's sort, without indices, for CPU tensors
+    that need no gradient)."""
+    if t.device.type != "cpu" or t.requires_grad:
+        return torch.sort(t, dim=1, descending=True).values
+    return torch.from_numpy(np.ascontiguousarray(np.sort(t.contiguous().numpy(), axis=1)[:, ::-1]))
 
 
 def weighted_triplet_loss(
@@ -56,23 +65,36 @@ def weighted_triplet_loss(
     With x_ap = d_ap + margin, count_ap = #{n : d_an < x_ap} and below_ap = sum of those d_an,
     sum_n [x_ap - d_an]_+ = count_ap x_ap - below_ap; its gradient is count_ap for x_ap and
     -m_an = -sum_{p : x_ap > d_an} w_ap for d_an. These piecewise-constant coefficients are
-    computed without gradient (:func:`triplet_coefficients`), and the loss is assembled from them
-    so that autograd gives exactly that gradient.
+    computed without gradient (:func:`triplet_coefficients`); :class:`_TripletSum` applies them.
     """
     if d_pos.shape != w_pos.shape or d_neg.shape != neg_mask.shape or d_pos.shape[0] != d_neg.shape[0]:
         raise ValueError(
             f"weighted_triplet_loss: shapes differ: d_pos {tuple(d_pos.shape)}, w_pos {tuple(w_pos.shape)}, "
             f"d_neg {tuple(d_neg.shape)}, neg_mask {tuple(neg_mask.shape)}"
         )
-    x = d_pos + margin                                            # hinge is active where d_an < x_ap
+    x = d_pos.detach() + margin                                   # hinge is active where d_an < x_ap
     count, below, m = triplet_coefficients(x, w_pos, d_neg, neg_mask, same_order=d_pos is d_neg)
-    active = w_pos > 0
-    hinge_sum = count.to(x.dtype) * x - below                     # sum_n [x_ap - d_an]_+
-    total = (w_pos * hinge_sum * active).sum()
-    zero_valued = torch.where(neg_mask, d_neg - d_neg.detach(), 0.0)  # 0 in value, gradient 1 for d_an
-    total = total - (m * zero_valued).sum()                       # so d_an gets its gradient -m_an
-    n_active = int((count * active).sum())
+    hinge_sum = count.to(x.dtype) * x - below                     # sum_n [x_ap - d_an]_+ (0 off the positives)
+    total = _TripletSum.apply(d_pos, w_pos, d_neg, count, hinge_sum, m)
+    n_active = int(count.sum())
     return total / max(n_active, 1), n_active
+
+
+class _TripletSum(torch.autograd.Function):
+    """sum_ap w_ap hinge_ap, with d/d d_ap = w_ap count_ap, d/d w_ap = hinge_ap, d/d d_an = -m_an."""
+
+    @staticmethod
+    def forward(ctx, d_pos, w_pos, d_neg, count, hinge_sum, m):
+        ctx.save_for_backward(w_pos, count, hinge_sum, m)
+        return (w_pos.to(hinge_sum.dtype) * hinge_sum).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        w_pos, count, hinge_sum, m = ctx.saved_tensors
+        g_pos = grad * w_pos * count if ctx.needs_input_grad[0] else None
+        g_w = grad * hinge_sum if ctx.needs_input_grad[1] else None
+        g_neg = -grad * m if ctx.needs_input_grad[2] else None
+        return g_pos, g_w, g_neg, None, None, None
 
 
 def triplet_coefficients(
