@@ -151,6 +151,53 @@ def test_weighted_triplet_same_matrix_gradient_matches_cubic_autograd():
     assert torch.allclose(g, r) and torch.allclose(g_w, r_w)
 
 
+def previous_triplet_loss(d_pos, w_pos, d_neg, neg_mask, margin):
+    """The previous implementation (torch sort + searchsorted + prefix sums, autograd through the
+    sort), kept as the reference the current one must reproduce to rounding."""
+    x = d_pos + margin
+    big = x.detach().abs().max() + d_neg.detach().abs().max() + 1.0
+    y_sorted, _ = torch.sort(torch.where(neg_mask, d_neg, big.to(d_neg.dtype)), dim=1)
+    prefix = torch.cat([torch.zeros_like(y_sorted[:, :1]), torch.cumsum(y_sorted, dim=1)], dim=1)
+    count = torch.searchsorted(y_sorted.detach().contiguous(), x.detach().contiguous(), side="left")
+    count = torch.minimum(count, neg_mask.sum(dim=1, keepdim=True))
+    hinge_sum = count.to(x.dtype) * x - torch.gather(prefix, 1, count)
+    active = w_pos > 0
+    return (w_pos * hinge_sum * active).sum() / max(int((count * active).sum()), 1), int((count * active).sum())
+
+
+@pytest.mark.parametrize("same_matrix", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_weighted_triplet_reproduces_previous_implementation(same_matrix, seed):
+    rng = np.random.default_rng(seed)
+    a = n = 40
+    labels = torch.tensor((rng.random((a, 4)) < 0.3).astype(float))
+    labels[0] = 0.0                                          # an anchor without positives
+    labels[1] = 1.0                                          # an anchor without negatives
+    shared = labels @ labels.T
+    w = (shared > 0) * torch.tensor(rng.random((a, n)))
+    neg = shared == 0
+    d_neg = torch.tensor(np.round(rng.random((a, n)), 2), requires_grad=True)   # ties
+    d_pos = d_neg if same_matrix else torch.tensor(np.round(rng.random((a, n)), 2), requires_grad=True)
+    got, got_n = weighted_triplet_loss(d_pos, w, d_neg, neg, 0.05)
+    want, want_n = previous_triplet_loss(d_pos, w, d_neg, neg, 0.05)
+    assert got_n == want_n
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
+    inputs = (d_neg,) if same_matrix else (d_pos, d_neg)
+    for g, r in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, inputs)):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-15)
+
+
+def test_ndcg_gains_reproduce_previous_formula():
+    rng = np.random.default_rng(4)
+    labels = torch.tensor((rng.random((30, 6)) < 0.3).astype(np.float32))
+    labels[0] = 0.0
+    shared = labels @ labels.T
+    ideal = torch.sort(shared, dim=1, descending=True).values
+    ranks = torch.arange(2, 32, dtype=torch.float32)
+    z = ((2.0 ** ideal - 1.0) / torch.log2(ranks)).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(ndcg_gains(shared), (2.0 ** shared - 1.0) / z.clamp_min(1e-12), rtol=0, atol=0)
+
+
 def test_no_triplet_gives_zero_not_nan():
     loss, n_act = weighted_triplet_loss(torch.zeros(3, 3), torch.zeros(3, 3), torch.ones(3, 3),
                                         torch.ones(3, 3, dtype=torch.bool), 0.1)
