@@ -15,8 +15,11 @@ from cmhash.methods.idgh import (  # noqa: E402
     IDGH,
     ClassCovariance,
     calibrate,
+    covariance_root,
     eta_at,
+    matrix_sqrt,
     ndcg_triplet_loss,
+    ndcg_triplet_weights,
     neighbour_covariances,
     refinement_weights,
     synthesize,
@@ -140,11 +143,12 @@ def test_synthetic_samples_have_the_requested_diagonal_covariance():
     torch.manual_seed(0)
     centre = torch.tensor([[0.5, -0.2, 0.1]])
     var = torch.tensor([[0.04, 0.01, 0.09]])
-    samples = synthesize(centre, var, eta=0.5, aug_num=30000)
+    samples = synthesize(centre, covariance_root(var), eta=0.5, aug_num=30000)
     np.testing.assert_allclose(samples.mean(0).numpy(), centre[0].numpy(), atol=0.005)
     np.testing.assert_allclose(samples.var(0).numpy(), 0.5 * var[0].numpy(), rtol=0.05)
     # no repeated square roots: the first, second and third sample of each item share Sigma
-    per = synthesize(centre.repeat(10000, 1), var.repeat(10000, 1), eta=1.0, aug_num=3).reshape(3, 10000, 3)
+    per = synthesize(centre.repeat(10000, 1), covariance_root(var.repeat(10000, 1)), eta=1.0,
+                     aug_num=3).reshape(3, 10000, 3)
     for s in range(3):
         np.testing.assert_allclose(per[s].var(0).numpy(), var[0].numpy(), rtol=0.08)
 
@@ -153,7 +157,7 @@ def test_synthetic_samples_have_the_requested_full_covariance():
     torch.manual_seed(1)
     a = torch.tensor([[0.3, 0.0, 0.0], [0.2, 0.2, 0.0], [-0.1, 0.1, 0.1]], dtype=torch.float64)
     cov = (a @ a.T)[None]
-    samples = synthesize(torch.zeros(1, 3, dtype=torch.float64), cov, eta=0.8, aug_num=40000)
+    samples = synthesize(torch.zeros(1, 3, dtype=torch.float64), covariance_root(cov), eta=0.8, aug_num=40000)
     emp = np.cov(samples.numpy().T, bias=True)
     np.testing.assert_allclose(emp, 0.8 * cov[0].numpy(), atol=0.004)
 
@@ -168,7 +172,8 @@ def test_ndcg_triplet_loss_matches_loop():
     a, b = rng.standard_normal((6, 4)), rng.standard_normal((7, 4))
     la = (rng.random((6, 3)) < 0.5).astype(float)
     lb = (rng.random((7, 3)) < 0.5).astype(float)
-    got = float(ndcg_triplet_loss(torch.tensor(a), torch.tensor(la), torch.tensor(b), torch.tensor(lb), 0.1, 10.0))
+    w, neg = ndcg_triplet_weights(torch.tensor(la), torch.tensor(lb), 10.0)
+    got = float(ndcg_triplet_loss(torch.tensor(a), torch.tensor(b), w, neg, 0.1))
     cos = (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (b / np.linalg.norm(b, axis=1, keepdims=True)).T
     d = np.maximum(1 - cos, 0)
     s = la @ lb.T
@@ -231,6 +236,31 @@ def test_idgh_sampling_covariances_follow_the_switches(data):
     per = ctx2.state["sampling_cov"]["image"]
     assert torch.allclose(got[0], (per[0] + per[2]) / 2)
     assert torch.allclose(got[1], ctx2.state["sampling_cov"]["image_global"])
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_item_root_is_the_root_of_each_items_covariance(data, covariance):
+    """item_root (one root per distinct label set) against the per-item reference."""
+    from cmhash.nn.engine import TrainContext
+    from cmhash.nn.networks import HashNetworks
+
+    method = IDGH(hidden=[16], covariance=covariance)
+    tr = data.train
+    torch.manual_seed(0)
+    ctx = TrainContext(networks=HashNetworks(tr.dims, 6, [16]), device=torch.device("cpu"), bits=6, epochs=4,
+                       hparams=method._check_hparams(), data={
+                           "image": torch.tensor(tr.image), "text": torch.tensor(tr.text),
+                           "labels": torch.tensor(tr.labels, dtype=torch.float32)})
+    method.setup(ctx)
+    method.estimate(ctx)
+    # repeated label sets, a multi-label item, label-less items, a single item of its set
+    lab = torch.tensor([[1.0, 0, 0, 0], [0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0],
+                        [0, 0, 0, 1]])
+    got = method.item_root(ctx, "text", lab)
+    cov = method.item_covariance(ctx, "text", lab)
+    for i in range(len(lab)):
+        want = cov[i].clamp_min(0).sqrt() if covariance == "diag" else matrix_sqrt(cov[i][None])[0]
+        torch.testing.assert_close(got[i], want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("bad, match", [({"covariance": "dense"}, "covariance"), ({"sampling": "x"}, "sampling"),

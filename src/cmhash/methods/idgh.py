@@ -174,31 +174,43 @@ def matrix_sqrt(cov: torch.Tensor) -> torch.Tensor:
     return (vecs * vals.clamp_min(0.0).sqrt().unsqueeze(-2)) @ vecs.transpose(-1, -2)
 
 
+def covariance_root(cov: torch.Tensor) -> torch.Tensor:
+    """Sigma^(1/2) of each row: standard deviations of (n x K) variances, or the PSD square roots
+    of (n x K x K) covariances."""
+    return cov.clamp_min(0.0).sqrt() if cov.dim() == 2 else matrix_sqrt(cov)
+
+
 def synthesize(
-    centres: torch.Tensor, item_cov: torch.Tensor, eta: float, aug_num: int,
+    centres: torch.Tensor, root: torch.Tensor, eta: float, aug_num: int,
 ) -> torch.Tensor:
     """``aug_num`` samples per row: centre + sqrt(eta) Sigma^(1/2) eps (stacked sample-major).
 
-    ``item_cov`` is (B x K) diagonal variances or (B x K x K) full covariances; every sample uses
-    the same square root (no repeated square roots).
+    ``root`` is Sigma^(1/2) of each row (:func:`covariance_root`): (B x K) standard deviations or
+    (B x K x K) matrix roots; every sample uses the same square root (no repeated square roots).
     """
     b, k = centres.shape
     eps = torch.randn(aug_num, b, k, device=centres.device, dtype=centres.dtype)
-    if item_cov.dim() == 2:
-        noise = item_cov.clamp_min(0.0).sqrt().to(centres.dtype) * eps
+    root = root.to(centres.dtype)
+    if root.dim() == 2:
+        noise = root * eps
     else:
-        root = matrix_sqrt(item_cov).to(centres.dtype)                      # B x K x K
         noise = torch.einsum("bkl,abl->abk", root, eps)
     return (centres.unsqueeze(0) + math.sqrt(eta) * noise).reshape(aug_num * b, k)
 
 
-def ndcg_triplet_loss(a: torch.Tensor, la: torch.Tensor, b: torch.Tensor, lb: torch.Tensor,
-                      margin: float, weight: float) -> torch.Tensor:
-    """IDGH's NDCG-weighted cosine triplet loss of anchors ``a`` against items ``b``."""
+def ndcg_triplet_weights(la: torch.Tensor, lb: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(triplet weights weight x NDCG gain of each relevant pair, negative mask) of anchors with
+    labels ``la`` against items with labels ``lb``; computed once per batch for all three losses."""
     shared = la @ lb.T
+    return weight * ndcg_gains(shared) * (shared > 0), shared == 0
+
+
+def ndcg_triplet_loss(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, neg: torch.Tensor,
+                      margin: float) -> torch.Tensor:
+    """IDGH's NDCG-weighted cosine triplet loss of anchors ``a`` against items ``b``
+    (``w``, ``neg`` from :func:`ndcg_triplet_weights`)."""
     dist = (1.0 - cosine_similarity_matrix(a, b)).clamp_min(0.0)
-    w = weight * ndcg_gains(shared) * (shared > 0)
-    return weighted_triplet_loss(dist, w, dist, shared == 0, margin)[0]
+    return weighted_triplet_loss(dist, w, dist, neg, margin)[0]
 
 
 # -------------------------------------------------------------------------------- the method
@@ -296,6 +308,12 @@ class IDGH(DeepHashingMethod):
             out[empty] = cov[modality + "_global"]
         return out
 
+    def item_root(self, ctx: TrainContext, modality: str, labels: torch.Tensor) -> torch.Tensor:
+        """Sigma_l^(1/2) of each item, computed once per distinct label set of the batch (a full
+        covariance's eigendecomposition is the expensive part of a batch otherwise)."""
+        sets, inverse = torch.unique(labels, dim=0, return_inverse=True)
+        return covariance_root(self.item_covariance(ctx, modality, sets))[inverse]
+
     def batch_loss(self, ctx: TrainContext, batch: Batch, codes: dict[str, torch.Tensor]
                    ) -> tuple[torch.Tensor, dict[str, Any]]:
         h = ctx.hparams
@@ -310,13 +328,13 @@ class IDGH(DeepHashingMethod):
                 else:  # w/fix: around the mean of the item's class means
                     means = ctx.state["estimators"][m].mean.to(codes[m].dtype)
                     centre = labels @ means / labels.sum(dim=1, keepdim=True).clamp_min(1.0)
-                aug = synthesize(centre, self.item_covariance(ctx, m, labels), eta, int(h["aug_num"]))
+                aug = synthesize(centre, self.item_root(ctx, m, labels), eta, int(h["aug_num"]))
                 items[m] = torch.cat([codes[m], aug])
             labels = labels.repeat(int(h["aug_num"]) + 1, 1)
-        mw = (h["margin"], h["triplet_weight"])
-        l_ii = ndcg_triplet_loss(items["image"], labels, items["image"], labels, *mw)
-        l_tt = ndcg_triplet_loss(items["text"], labels, items["text"], labels, *mw)
-        l_it = ndcg_triplet_loss(items["image"], labels, items["text"], labels, *mw)
+        w, neg = ndcg_triplet_weights(labels, labels, h["triplet_weight"])
+        l_ii = ndcg_triplet_loss(items["image"], items["image"], w, neg, h["margin"])
+        l_tt = ndcg_triplet_loss(items["text"], items["text"], w, neg, h["margin"])
+        l_it = ndcg_triplet_loss(items["image"], items["text"], w, neg, h["margin"])
         loss = l_ii + l_tt + l_it
         return loss, {"l_ii": float(l_ii.detach()), "l_tt": float(l_tt.detach()),
                       "l_it": float(l_it.detach()), "synthetic": float(synth)}
