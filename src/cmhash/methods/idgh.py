@@ -219,6 +219,7 @@ class IDGH(DeepHashingMethod):
     """Intra-class distribution-guided synthesis + NDCG-weighted triplet loss."""
 
     name = "idgh"
+    epoch_cost = 4.5  # 4x the items per batch (real + synthetic); benchmarks/idgh_speed.py: 4.4-5.2x
     supervised = True
     defaults = {
         **ENGINE_DEFAULTS,
