@@ -176,7 +176,7 @@ def brute_objective(s):
     return total + s.alpha * np.sum((s.h - s.f @ s.u) ** 2)
 
 
-@pytest.mark.parametrize("block", [8192, 7, 80])
+@pytest.mark.parametrize("block", [2048, 7, 80])
 def test_objective_matches_brute_force(block):
     s = small_solver()
     s.iterate()

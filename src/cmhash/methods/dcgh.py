@@ -150,7 +150,7 @@ def fit_rbf(x: np.ndarray, n_anchors: int, rng: np.random.Generator, *, kernel: 
 
 # ---------------------------------------------------------------------- solver steps
 def gram64(a: np.ndarray, b: np.ndarray | None = None, *, center: np.ndarray | None = None,
-           block: int = 8192) -> np.ndarray:
+           block: int = 1024) -> np.ndarray:
     """(a - center)^T b, or (a - center)^T (a - center) if b is None, in float64 block by block:
     small matrices from n-row ones without an n-row float64 copy."""
     out = np.zeros((a.shape[1], (a if b is None else b).shape[1]))
@@ -163,7 +163,7 @@ def gram64(a: np.ndarray, b: np.ndarray | None = None, *, center: np.ndarray | N
 
 
 def matmul_rows(a: np.ndarray, m: np.ndarray, out: np.ndarray, *, center: np.ndarray | None = None,
-                block: int = 8192) -> np.ndarray:
+                block: int = 1024) -> np.ndarray:
     """out = (a - center) m, computed in float64 block by block and stored in out's dtype.
 
     ``out`` may be ``a`` itself (each block is read before it is written)."""
@@ -196,10 +196,10 @@ def householder_q(u: np.ndarray) -> np.ndarray:
 
 
 def thin_q(u: np.ndarray) -> np.ndarray:
-    """Q of the thin QR factorisation u = Q R with diag(R) > 0, in float64 (u: n x k, n >= k):
-    Cholesky QR (u R^-1, two products over the rows) when u is well conditioned, else Householder."""
+    """Q of the thin QR factorisation u = Q R with diag(R) > 0 (u: n x k, n >= k): Cholesky QR
+    (u R^-1, in u's dtype) when u is well conditioned, else Householder (float64)."""
     rinv = cholqr_rinv(u)
-    return householder_q(u) if rinv is None else matmul_rows(u, rinv, np.empty(u.shape))
+    return householder_q(u) if rinv is None else u @ rinv.astype(u.dtype)
 
 
 def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -208,39 +208,41 @@ def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     Eigen-decompose the centred J_c^T J_c = V diag(lam) V^T; with r* eigenvalues above the
     tolerance, Ubar = J_c V_{r*} lam^{-1/2}; if r* < r, fill with centred random columns made
     orthonormal to Ubar and each other (the Gram-Schmidt step); B = sqrt(n) [Ubar | Ufill] V^T.
-    All n-row work is done in float64 by row blocks; B is returned in J's dtype.
+    J^T J, Ubar and the Gram of Ubar are computed in float64 (by row blocks); the rest, products
+    of well-conditioned n-row matrices with small ones, in J's dtype (as B itself).
     """
     n, r = j.shape
     if n <= r:
         raise ValueError(f"the B-step needs more items than bits (n={n}, bits={r})")
+    dt = j.dtype
     mean = j.mean(axis=0, dtype=np.float64)
     lam, vec = sla.eigh(gram64(j, center=mean))  # J_c^T J_c, symmetric: eigh, real
     lam, vec = lam[::-1], vec[:, ::-1]
     tol = max(RANK_TOL_ABS, RANK_TOL_REL * max(lam[0], 0.0))
     rank = int(np.sum(lam > tol))
     right = vec.T * np.sqrt(n)  # B = [Ubar | Ufill] (sqrt(n) V^T)
-    u = np.empty((n, r))  # [Ubar | Ufill]
+    u = np.empty((n, r), dtype=dt)  # [Ubar | Ufill]
     ubar = u[:, :rank]
     matmul_rows(j, vec[:, :rank] / np.sqrt(lam[:rank]), ubar, center=mean)  # Ubar = J_c V lam^-1/2
-    ubar -= ubar.mean(axis=0)
+    ubar -= ubar.mean(axis=0, dtype=np.float64).astype(dt)
     # Re-orthonormalise (directions with small lam lose orthogonality to rounding): the Q of
     # Ubar = Q R with R's diagonal positive, so R = I + O(rounding) and the pairing with V is kept.
     rinv = cholqr_rinv(ubar)
-    if rank == r and rinv is not None:  # the usual case: B = Ubar (R^-1 sqrt(n) V^T), one product
-        return matmul_rows(ubar, rinv @ right, np.empty((n, r), dtype=j.dtype))
+    if rank == r and rinv is not None:  # full rank: B = Ubar (R^-1 sqrt(n) V^T), one product
+        return ubar @ (rinv @ right).astype(dt)
     if rinv is None:
         ubar[...] = householder_q(ubar)
     else:
-        matmul_rows(ubar, rinv, ubar)
+        ubar[...] = ubar @ rinv.astype(dt)
     if rank < r:
-        fill = rng.random((n, r - rank))
-        fill -= fill.mean(axis=0)
+        fill = rng.random((n, r - rank)).astype(dt)
+        fill -= fill.mean(axis=0, dtype=np.float64).astype(dt)
         for _ in range(2):  # project out Ubar twice (classical Gram-Schmidt, re-orthogonalised)
             fill -= ubar @ (ubar.T @ fill)
-        fill = thin_q(fill)
+        fill = thin_q(fill).astype(dt)
         fill -= ubar @ (ubar.T @ fill)
         u[:, rank:] = fill
-    return matmul_rows(u, right, np.empty((n, r), dtype=j.dtype))
+    return u @ right.astype(dt)
 
 
 def procrustes(m: np.ndarray) -> np.ndarray:
@@ -369,7 +371,7 @@ class Solver:
             self.g_step(v)
         self.f_step()
 
-    def objective(self, *, block: int = 8192) -> dict[str, float]:
+    def objective(self, *, block: int = 2048) -> dict[str, float]:
         """The objective of the module docstring and its terms, in O(n), accumulated in float64
         over row blocks: fit = sum_v ||B_v - X_v W_v||^2, align = sum_v ||B_v - G_v U||^2,
         consensus = sum_v ||H B_v^T - r S||^2, centre = ||H - F U||^2.
