@@ -63,7 +63,7 @@ def test_b_step_float32_input_gives_float32_b_with_the_float64_answer(rank):
     b32 = balanced_orthogonal(j, np.random.default_rng(1))
     b64 = balanced_orthogonal(j.astype(np.float64), np.random.default_rng(1))
     assert b32.dtype == np.float32 and b64.dtype == np.float64
-    np.testing.assert_allclose(b32, b64, atol=1e-5)  # same computation, rounded to float32 at the end
+    np.testing.assert_allclose(b32, b64, atol=1e-5)  # the float64 answer to float32 rounding
     np.testing.assert_allclose(b32.astype(np.float64).T @ b32, n * np.eye(r), atol=1e-3)
 
 
@@ -338,9 +338,10 @@ def test_float32_solver_stays_float32():
     assert all(a.dtype == np.float32 for a in arrays), [a.dtype for a in arrays]
 
 
-def test_float32_mode_agrees_with_float64(model, data):
-    f32 = get_method("dcgh", n_anchors=200, dtype="float32").fit(data.train, 12, seed=0)
-    res32, res64 = evaluate(f32, data), evaluate(model, data)
+def test_float32_is_the_default_and_agrees_with_float64(model, data):
+    assert model.hparams["dtype"] == "float32"
+    f64 = get_method("dcgh", n_anchors=200, dtype="float64").fit(data.train, 12, seed=0)
+    res32, res64 = evaluate(model, data), evaluate(f64, data)
     for d in ("i2t", "t2i"):
         assert abs(res32[d]["map"] - res64[d]["map"]) < 0.03
 
