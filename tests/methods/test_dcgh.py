@@ -381,3 +381,23 @@ def test_wiki_16_bits_is_in_the_papers_range(wiki_path):
     assert 0.33 < res["i2t"]["map"] < 0.40
     assert 0.72 < res["t2i"]["map"] < 0.78
     assert unpack(model.train_codes).shape == (2173, 16)
+
+
+def test_blas_threads_one_for_small_work_configured_count_for_wide_products():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from cmhash.methods.dcgh import BlasThreads
+
+    def counts():
+        return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+    blas = BlasThreads()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        assert counts() == {2}
+        with blas.small():
+            assert counts() == {1}
+            with blas.wide():
+                assert counts() == {2}
+            assert counts() == {1}
+        assert counts() == {2}
+        with blas.wide():  # outside small(): leaves the configuration alone
+            assert counts() == {2}

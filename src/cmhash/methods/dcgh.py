@@ -41,6 +41,7 @@ the objective can rise there (the paper's Fig. 7 shows it converging; we record 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,53 @@ RANK_TOL_ABS = 1e-5  # the official code's eigenvalue cut-off in the B-step
 RANK_TOL_REL = 1e-13
 CHOLQR_MAX_COND = 1e2  # cond(U^T U) up to which Cholesky QR is used (orthogonality ~ cond * eps)
 POLAR_MAX_COND = 1e3  # cond(M^T M) up to which the polar factor is taken from M^T M
+
+
+# ------------------------------------------------------------------------- BLAS threads
+class BlasThreads:
+    """BLAS threads during a fit: one for everything inside ``small()`` (the solver's many small
+    products and LAPACK calls, where thread start-up costs more than it saves and, on a loaded
+    machine, spinning idle threads slow everything down), and the count the process was
+    configured with (OPENBLAS_NUM_THREADS, threadpoolctl) inside ``wide()`` (the n x a products:
+    RBF distances, X W, X^T B, the ridge Gram). Without threadpoolctl both are no-ops."""
+
+    def __init__(self):
+        self._ctl, self._wide = None, None
+
+    def _controller(self):
+        if self._ctl is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:
+                self._ctl = False
+            else:
+                self._ctl = ThreadpoolController()
+        return self._ctl
+
+    @contextmanager
+    def small(self):
+        ctl, outer = self._controller(), self._wide
+        if not ctl:
+            yield
+            return
+        if outer is None:
+            self._wide = max((i["num_threads"] for i in ctl.info() if i["user_api"] == "blas"), default=1)
+        try:
+            with ctl.limit(limits=1, user_api="blas"):
+                yield
+        finally:
+            self._wide = outer
+
+    @contextmanager
+    def wide(self):
+        if not self._ctl or not self._wide or self._wide == 1:
+            yield
+            return
+        with self._ctl.limit(limits=self._wide, user_api="blas"):
+            yield
+
+
+BLAS = BlasThreads()
 
 
 # ------------------------------------------------------------------------- RBF features
@@ -325,7 +373,8 @@ class Solver:
 
     def update_xw(self) -> None:
         """Cache X_v W_v (used by the B-step and the objective)."""
-        self.xw = [xv @ wv for xv, wv in zip(self.x, self.w)]
+        with BLAS.wide():
+            self.xw = [xv @ wv for xv, wv in zip(self.x, self.w)]
 
     def b_step(self, v: int) -> None:
         """Eq. 6-8: B_v = balanced-orthogonal argmax <B, X_v W_v + alpha G_v U + beta r S H>."""
@@ -344,7 +393,9 @@ class Solver:
 
     def w_step(self, v: int) -> None:
         """Eq. 13: W_v = argmax tr(W^T X_v^T B_v) over orthonormal columns (Procrustes)."""
-        self.w[v] = procrustes(self.x[v].T @ self.b[v])
+        with BLAS.wide():
+            m = self.x[v].T @ self.b[v]
+        self.w[v] = procrustes(m)
 
     def u_step(self) -> None:
         """Eq. 15: U = argmax tr(U^T (sum_v G_v^T B_v + F^T H)) (Procrustes)."""
@@ -494,13 +545,18 @@ class DCGH(HashingMethod):
             raise ValueError(f"dcgh: sigma must be None or a number > 0, got {hp['sigma']!r}")
 
     def _fit(self, train: CrossModalDataset, bits: int, *, seed: int, progress: Progress | None) -> HashModel:
+        with BLAS.small():  # one BLAS thread but for the n x a products (BlasThreads)
+            return self._fit_model(train, bits, seed=seed, progress=progress)
+
+    def _fit_model(self, train: CrossModalDataset, bits: int, *, seed: int, progress: Progress | None) -> HashModel:
         hp = self.hparams
         dtype = np.dtype(hp["dtype"])
         rng = np.random.default_rng(seed)
         anchors, sigma, x = {}, {}, []
         for m in MODALITIES:
-            anchors[m], sigma[m], xm = fit_rbf(train.features(m), hp["n_anchors"], rng,
-                                               kernel=hp["kernel"], sigma=hp["sigma"], dtype=dtype)
+            with BLAS.wide():
+                anchors[m], sigma[m], xm = fit_rbf(train.features(m), hp["n_anchors"], rng,
+                                                   kernel=hp["kernel"], sigma=hp["sigma"], dtype=dtype)
             x.append(xm)
         solver = Solver(x, normalise_labels(train.labels, dtype), bits, float(hp["alpha"]),
                         float(hp["beta"]), rng)
@@ -513,7 +569,8 @@ class DCGH(HashingMethod):
             prog.advance(1)
             prog.log(f"iter {it + 1}", objective=history[-1]["total"])
         h = solver.h
-        proj = {m: ridge_projection(x[v], h, float(hp["lam"])) for v, m in enumerate(MODALITIES)}
+        with BLAS.wide():
+            proj = {m: ridge_projection(x[v], h, float(hp["lam"])) for v, m in enumerate(MODALITIES)}
         model = DCGHModel(anchors=anchors, sigma=sigma, proj=proj, train_codes=pack(h),
                           bits=bits, hparams=hp)
         model.record = {
