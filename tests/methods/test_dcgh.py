@@ -138,14 +138,19 @@ def test_procrustes_is_orthogonal_and_maximises_trace(shape, rank):
 
 @pytest.mark.parametrize("cond", [1.0, 20.0, 1e3, 1e5])
 def test_procrustes_polar_path_and_svd_path_agree(cond):
-    # Full column rank: the maximiser is unique, so the M (M^T M)^-1/2 path (cond(M^T M) < 1e3)
-    # and the SVD path (otherwise) must both give P R^T of the SVD.
+    # Full column rank: the maximiser is unique, so the M (M^T M)^-1/2 path (cond(M^T M) < 1e7;
+    # with a second step above 100) and the SVD path (cond 1e5: cond(M^T M) = 1e10) must both
+    # give P R^T of the SVD, to ~cond(M^T M) eps.
     rng = np.random.default_rng(14)
     p = np.linalg.qr(rng.standard_normal((300, 7)))[0]
     rt = np.linalg.qr(rng.standard_normal((7, 7)))[0]
     m = p @ np.diag(np.geomspace(1, 1 / cond, 7)) @ rt
-    np.testing.assert_allclose(procrustes(m), p @ rt, atol=1e-10)
-    np.testing.assert_allclose(procrustes(m.T), (p @ rt).T, atol=1e-10)
+    tol = 1e-13 * max(1.0, min(cond ** 2, 1e4))
+    for mm, expected in ((m, p @ rt), (m.T, (p @ rt).T)):
+        q = procrustes(mm)
+        np.testing.assert_allclose(q, expected, atol=tol)
+        gram = q.T @ q if mm.shape[0] >= mm.shape[1] else q @ q.T
+        np.testing.assert_allclose(gram, np.eye(7), atol=1e-13)
     assert procrustes(m.astype(np.float32)).dtype == np.float32
 
 

@@ -59,7 +59,7 @@ DTYPES = ("float32", "float64")
 RANK_TOL_ABS = 1e-5  # the official code's eigenvalue cut-off in the B-step
 RANK_TOL_REL = 1e-13
 CHOLQR_MAX_COND = 1e2  # cond(U^T U) up to which Cholesky QR is used (orthogonality ~ cond * eps)
-POLAR_MAX_COND = 1e3  # cond(M^T M) up to which the polar factor is taken from M^T M
+POLAR_MAX_COND = 1e7  # cond(M^T M) up to which the polar factor is taken from M^T M
 
 
 # ------------------------------------------------------------------------- BLAS threads
@@ -297,15 +297,20 @@ def procrustes(m: np.ndarray) -> np.ndarray:
     """argmax_Q tr(Q^T M) over Q with orthonormal columns (or rows, if wide): Q = P R^T from M = P S R^T.
 
     Q is the polar factor of M. For a (transposed, if wide) M of full column rank with
-    cond(M^T M) < 1e3 it is M (M^T M)^-1/2 from the eigen-decomposition of the small M^T M (one
-    product over M's rows; orthogonal to ~1e3 eps); otherwise (rank-deficient M: Q is not unique)
-    it comes from the SVD.
+    cond(M^T M) < 1e7 it is M (M^T M)^-1/2 from the eigen-decomposition of the small M^T M (one
+    product over M's rows), followed, if cond(M^T M) > 100, by one more such step on the result,
+    which restores orthogonality to rounding; Q is then within ~cond(M^T M) eps of the exact
+    polar factor (the trace, stationary there, to its square). Otherwise (rank-deficient M: Q is
+    not unique) it comes from the SVD.
     """
     wide = m.shape[0] < m.shape[1]
     a = np.asarray(m.T if wide else m, dtype=np.float64)
     lam, v = np.linalg.eigh(a.T @ a)
     if lam.size and lam[0] > lam[-1] / POLAR_MAX_COND:
         q = a @ ((v / np.sqrt(lam)) @ v.T)
+        if lam[-1] > 100 * lam[0]:
+            lam, v = np.linalg.eigh(q.T @ q)
+            q = q @ ((v / np.sqrt(lam)) @ v.T)
     else:
         p, _, rt = sla.svd(a, full_matrices=False)
         q = p @ rt
