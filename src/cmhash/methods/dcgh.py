@@ -28,6 +28,15 @@ Where this differs from the official code, on purpose:
   are re-orthonormalised (a QR step), so B^T B = n I holds to rounding even when the
   eigenvalues span 12 orders of magnitude, as they do on WIKI.
 - S = L L^T is never formed: S x is computed as L (L^T x), so memory and time are linear in n.
+
+How it is computed (the same maths, arranged for speed; docs/dcgh.md, "Speed"): the RBF
+features in one pass over cache-sized row blocks; the re-orthonormalisation of the B-step by
+Cholesky QR (Householder when Ubar is not well conditioned); each Procrustes step from the
+small M^T M (the SVD only when M is rank-deficient or ill-conditioned); the ridge Gram by BLAS
+syrk in float64; the objective from small float64 Grams in one blocked pass; BLAS single-threaded
+except for the n x a products (``BlasThreads``). ``dtype="float32"`` (the default) stores the
+features and the n-row matrices in float32; Grams, J^T J and Ubar of the B-step, the ridge system
+and the objective are float64 either way.
 - sgn(0) = +1 (PROTOCOL.md); the official ``sgn`` maps 0 to -1.
 
 The H-step counts the centre term alpha ||H - F U||^2 once (as the official H-step does), so
