@@ -71,12 +71,12 @@ def run_wiki(bits_list, repeats) -> list[dict]:
     print("WIKI: train + encode + mAP both directions, median of", repeats, "runs (seconds)")
     print("| method | bits | total wall | total CPU | train wall | encode+mAP wall | I->T | T->I |")
     print("|---|---|---|---|---|---|---|---|")
-    for method, hp in (("dcgh", {"preset": "wiki"}), ("dcgh", {"preset": "wiki", "dtype": "float32"}),
+    for method, hp in (("dcgh", {"preset": "wiki"}), ("dcgh", {"preset": "wiki", "dtype": "float64"}),
                        ("cca-itq", {})):
         for bits in bits_list:
             runs = [wiki_pipeline(method, data, bits, hp) for _ in range(repeats)]
             med = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-            label = method + (" float32" if hp.get("dtype") == "float32" else "")
+            label = method + (" float64" if hp.get("dtype") == "float64" else "")
             rows.append({"method": label, "bits": bits, **med, "runs": runs})
             print(f"| {label} | {bits} | {med['total_wall']:.2f} | {med['total_cpu']:.2f} | {med['train_wall']:.2f}"
                   f" | {med['encode_wall'] + med['map_wall']:.2f} | {med['i2t']:.2f} | {med['t2i']:.2f} |", flush=True)

@@ -10,8 +10,9 @@ from cmhash.data.synthetic import make_synthetic
 from cmhash.evaluation import evaluate
 from cmhash.methods.base import HashModel
 from cmhash.methods.dcgh import (
-    DCGH, DCGHModel, Solver, balanced_orthogonal, fit_rbf, normalise_labels, procrustes,
-    rbf_features, ridge_projection, sgn,
+    DCGH, DCGHModel, Solver, anchor_distances, balanced_orthogonal, cholqr_rinv, fit_rbf, gram64,
+    householder_q, matmul_rows, normalise_labels, procrustes, rbf_features, ridge_projection, sgn,
+    thin_q,
 )
 from cmhash.methods.registry import get_method
 
@@ -51,13 +52,75 @@ def test_b_step_is_balanced_orthogonal_and_optimal(rank):
         assert np.sum(random_feasible_b(n, r, rng) * j) <= best + 1e-8
 
 
+@pytest.mark.parametrize("rank", [None, 5])
+def test_b_step_float32_input_gives_float32_b_with_the_float64_answer(rank):
+    rng = np.random.default_rng(7)
+    n, r = 301, 12
+    j = rng.standard_normal((n, r)) * 10 + 3
+    if rank is not None:
+        j = rng.standard_normal((n, rank)) @ rng.standard_normal((rank, r)) + rng.standard_normal(r)
+    j = j.astype(np.float32)
+    b32 = balanced_orthogonal(j, np.random.default_rng(1))
+    b64 = balanced_orthogonal(j.astype(np.float64), np.random.default_rng(1))
+    assert b32.dtype == np.float32 and b64.dtype == np.float64
+    np.testing.assert_allclose(b32, b64, atol=1e-5)  # the float64 answer to float32 rounding
+    np.testing.assert_allclose(b32.astype(np.float64).T @ b32, n * np.eye(r), atol=1e-3)
+
+
 def test_b_step_refuses_too_few_items():
     with pytest.raises(ValueError, match="more items than bits"):
         balanced_orthogonal(np.ones((4, 8)), np.random.default_rng(0))
 
 
+# ----------------------------------------------------------- QR, row-block products
+@pytest.mark.parametrize("n,k,block", [(37, 5, 8), (64, 7, 64), (50, 3, 1000), (9, 0, 4)])
+def test_row_block_products_match_direct(n, k, block):
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((n, k)).astype(np.float32)
+    b = rng.standard_normal((n, 4))
+    centre = rng.standard_normal(k)
+    ac = a.astype(np.float64) - centre
+    np.testing.assert_allclose(gram64(a, block=block), a.T.astype(np.float64) @ a, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gram64(a, center=centre, block=block), ac.T @ ac, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gram64(a, b, block=block), a.T.astype(np.float64) @ b, rtol=1e-12, atol=1e-12)
+    m = rng.standard_normal((k, 6))
+    out = matmul_rows(a, m, np.empty((n, 6), dtype=np.float32), center=centre, block=block)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ac @ m, rtol=1e-6, atol=1e-5)
+    sq = rng.standard_normal((n, k))
+    expected = sq @ np.eye(k)[::-1]
+    np.testing.assert_allclose(matmul_rows(sq, np.eye(k)[::-1], sq, block=block), expected)  # in place
+
+
+def reference_q(u):
+    """Q of u = Q R with diag(R) > 0, from a Householder QR with the signs fixed."""
+    q, rr = np.linalg.qr(u)
+    return q * np.sign(np.diag(rr))
+
+
+@pytest.mark.parametrize("cond", [1.0, 30.0, 1e6])
+def test_thin_q_is_the_positive_diagonal_qr(cond):
+    rng = np.random.default_rng(12)
+    n, k = 203, 9
+    u = np.linalg.qr(rng.standard_normal((n, k)))[0] @ np.diag(np.geomspace(1, 1 / cond, k))
+    u = u @ np.linalg.qr(rng.standard_normal((k, k)))[0] * 5.0
+    assert (cholqr_rinv(u) is None) == (cond ** 2 >= 100)  # Cholesky QR only when well conditioned
+    q = thin_q(u)
+    np.testing.assert_allclose(q.T @ q, np.eye(k), atol=1e-13)
+    np.testing.assert_allclose(q, reference_q(u), atol=1e-9 * cond)
+    np.testing.assert_allclose(householder_q(u), reference_q(u), atol=1e-9 * cond)
+
+
+def test_cholqr_refuses_rank_deficient_input():
+    rng = np.random.default_rng(13)
+    u = rng.standard_normal((40, 3)) @ rng.standard_normal((3, 5))
+    assert cholqr_rinv(u) is None
+    assert cholqr_rinv(np.zeros((40, 0))).shape == (0, 0)
+
+
 # ------------------------------------------------------------------------ Procrustes
-@pytest.mark.parametrize("shape,rank", [((40, 6), None), ((6, 40), None), ((10, 8), None), ((30, 10), 4)])
+@pytest.mark.parametrize("shape,rank", [((40, 6), None), ((6, 40), None), ((10, 8), None), ((30, 10), 4),
+                                        ((500, 21), None), ((500, 21), 8), ((21, 500), 8)])
 def test_procrustes_is_orthogonal_and_maximises_trace(shape, rank):
     rng = np.random.default_rng(2)
     m = rng.standard_normal(shape)
@@ -71,6 +134,24 @@ def test_procrustes_is_orthogonal_and_maximises_trace(shape, rank):
     assert value == pytest.approx(nuclear(m), rel=1e-12)
     for _ in range(50):
         assert np.sum(random_orthonormal(shape, rng) * m) <= value + 1e-9
+
+
+@pytest.mark.parametrize("cond", [1.0, 20.0, 1e3, 1e5])
+def test_procrustes_polar_path_and_svd_path_agree(cond):
+    # Full column rank: the maximiser is unique, so the M (M^T M)^-1/2 path (cond(M^T M) < 1e7;
+    # with a second step above 100) and the SVD path (cond 1e5: cond(M^T M) = 1e10) must both
+    # give P R^T of the SVD, to ~cond(M^T M) eps.
+    rng = np.random.default_rng(14)
+    p = np.linalg.qr(rng.standard_normal((300, 7)))[0]
+    rt = np.linalg.qr(rng.standard_normal((7, 7)))[0]
+    m = p @ np.diag(np.geomspace(1, 1 / cond, 7)) @ rt
+    tol = 1e-13 * max(1.0, min(cond ** 2, 1e4))
+    for mm, expected in ((m, p @ rt), (m.T, (p @ rt).T)):
+        q = procrustes(mm)
+        np.testing.assert_allclose(q, expected, atol=tol)
+        gram = q.T @ q if mm.shape[0] >= mm.shape[1] else q @ q.T
+        np.testing.assert_allclose(gram, np.eye(7), atol=1e-13)
+    assert procrustes(m.astype(np.float32)).dtype == np.float32
 
 
 def test_sgn_maps_zero_to_plus_one_and_keeps_dtype():
@@ -100,11 +181,12 @@ def brute_objective(s):
     return total + s.alpha * np.sum((s.h - s.f @ s.u) ** 2)
 
 
-def test_objective_matches_brute_force():
+@pytest.mark.parametrize("block", [2048, 7, 80])
+def test_objective_matches_brute_force(block):
     s = small_solver()
     s.iterate()
     s.iterate()
-    assert s.objective()["total"] == pytest.approx(brute_objective(s), rel=1e-10)
+    assert s.objective(block=block)["total"] == pytest.approx(brute_objective(s), rel=1e-10)
 
 
 def test_h_step_is_the_exact_minimiser_over_codes():
@@ -171,11 +253,38 @@ def test_rbf_features_match_a_direct_computation(kernel):
     assert len({tuple(a) for a in anchors}) == 9
 
 
-def test_ridge_projection_matches_closed_form():
+@pytest.mark.parametrize("kernel,block", [("official", 5), ("squared", 37), ("official", 1000)])
+def test_rbf_blocks_and_float32_match_a_direct_computation(kernel, block):
+    rng = np.random.default_rng(8)
+    x = rng.random((37, 6)) * 3
+    anchors = x[rng.choice(37, 11, replace=False)]
+    dist = np.sqrt(((x[:, None, :] - anchors[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(anchor_distances(x, anchors, squared=False, dtype=np.float64, block=block),
+                               dist, rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(anchor_distances(x, anchors, squared=True, dtype=np.float64, block=block),
+                               dist ** 2, rtol=1e-10, atol=1e-10)
+    d = dist if kernel == "official" else dist ** 2
+    # float32: |x|^2 + |a|^2 - 2 x.a rounds to ~eps32 |x|^2 where x is an anchor, so the plain
+    # distance there is ~sqrt(eps32) |x| ~ 1e-3 instead of 0 (the squared one stays ~1e-7).
+    for dtype, tol in ((np.float64, 1e-7), (np.float32, 1e-3 if kernel == "official" else 1e-5)):
+        feats = rbf_features(x.astype(np.float32), anchors, 1.3, kernel=kernel, dtype=dtype, block=block)
+        assert feats.dtype == dtype
+        np.testing.assert_allclose(feats, np.exp(-d / (2 * 1.3 ** 2)), atol=tol)
+        _, sigma, fitted = fit_rbf(x, 11, np.random.default_rng(9), kernel=kernel, sigma=None, dtype=dtype,
+                                   block=block)
+        _, _, fitted_given = fit_rbf(x, 11, np.random.default_rng(9), kernel=kernel, sigma=sigma, dtype=dtype,
+                                     block=block)
+        np.testing.assert_allclose(fitted, fitted_given, atol=tol)  # one-pass path = two-pass path
+
+
+@pytest.mark.parametrize("n,block,dtype", [(50, 8, np.float64), (50, 7, np.float32), (50, 512, np.float64)])
+def test_ridge_projection_matches_closed_form(n, block, dtype):
     rng = np.random.default_rng(6)
-    x, h = rng.random((50, 7)), np.where(rng.random((50, 4)) < 0.5, -1.0, 1.0)
-    expected = np.linalg.solve(x.T @ x + 0.1 * np.eye(7), x.T @ h)
-    np.testing.assert_allclose(ridge_projection(x, h, 0.1, block=8), expected, rtol=1e-10)
+    x, h = rng.random((n, 7)), np.where(rng.random((n, 4)) < 0.5, -1.0, 1.0)
+    x, h = x.astype(dtype), h.astype(dtype)
+    x64 = x.astype(np.float64)
+    expected = np.linalg.solve(x64.T @ x64 + 0.1 * np.eye(7), x64.T @ h)
+    np.testing.assert_allclose(ridge_projection(x, h, 0.1, block=block), expected, rtol=1e-10)
 
 
 # ---------------------------------------------------------------------- whole method
@@ -234,9 +343,10 @@ def test_float32_solver_stays_float32():
     assert all(a.dtype == np.float32 for a in arrays), [a.dtype for a in arrays]
 
 
-def test_float32_mode_agrees_with_float64(model, data):
-    f32 = get_method("dcgh", n_anchors=200, dtype="float32").fit(data.train, 12, seed=0)
-    res32, res64 = evaluate(f32, data), evaluate(model, data)
+def test_float32_is_the_default_and_agrees_with_float64(model, data):
+    assert model.hparams["dtype"] == "float32"
+    f64 = get_method("dcgh", n_anchors=200, dtype="float64").fit(data.train, 12, seed=0)
+    res32, res64 = evaluate(model, data), evaluate(f64, data)
     for d in ("i2t", "t2i"):
         assert abs(res32[d]["map"] - res64[d]["map"]) < 0.03
 
@@ -276,3 +386,23 @@ def test_wiki_16_bits_is_in_the_papers_range(wiki_path):
     assert 0.33 < res["i2t"]["map"] < 0.40
     assert 0.72 < res["t2i"]["map"] < 0.78
     assert unpack(model.train_codes).shape == (2173, 16)
+
+
+def test_blas_threads_one_for_small_work_configured_count_for_wide_products():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from cmhash.methods.dcgh import BlasThreads
+
+    def counts():
+        return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+    blas = BlasThreads()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        assert counts() == {2}
+        with blas.small():
+            assert counts() == {1}
+            with blas.wide():
+                assert counts() == {2}
+            assert counts() == {1}
+        assert counts() == {2}
+        with blas.wide():  # outside small(): leaves the configuration alone
+            assert counts() == {2}
