@@ -224,3 +224,20 @@ def test_paper_values_beside_ours(tmp_path):
     assert md == tmp_path / "docs" / "results-x.md"
     assert (tmp_path / "docs" / "results-x" / "tables" / "table1.csv").is_file()
     assert "CSV: `results-x/tables/table1.csv`" in md.read_text()
+
+
+def test_table_marks_seeds_without_a_value():
+    """P@H<=2 is undefined when no query retrieves anything within radius 2: such seeds are
+    counted, not silently dropped, and a value missing in every seed reads '—'."""
+    from cmhash.experiments.report import Table, table_csv, table_markdown
+
+    cells = {("p_h2_i2t", "A", 16): [40.0, 60.0], ("p_h2_i2t", "B", 16): [30.0, 31.0, 32.0]}
+    undefined = {("p_h2_i2t", "A", 16): 1, ("p_h2_i2t", "A", 128): 3}
+    table = Table("t", "", "method", "bits", ("p_h2_i2t",), ["A", "B"], [16, 128], cells, {}, "", undefined)
+    assert table.fmt("p_h2_i2t", "A", 16) == "50.00 ± 14.14 (2/3)"
+    assert table.fmt("p_h2_i2t", "B", 16) == "31.00 ± 1.00"
+    assert table.fmt("p_h2_i2t", "A", 128) == "—" and table.has_undefined
+    assert "| A | **50.00 ± 14.14 (2/3)** | — |" in table_markdown(table)
+    rows = list(csv.DictReader(table_csv(table).splitlines()))
+    assert [(r["method"], r["bits"], r["seeds"], r["seeds_without_value"]) for r in rows] == [
+        ("A", "16", "2", "1"), ("B", "16", "3", "0"), ("A", "128", "0", "3"), ("B", "128", "0", "0")]

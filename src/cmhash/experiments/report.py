@@ -12,7 +12,7 @@ import io
 import os
 import platform
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -97,6 +97,20 @@ class Table:
     cells: dict[tuple[str, Any, Any], list[float]]          # (metric, row, col) -> per-seed values
     paper: dict[tuple[str, str, str], float]                 # (metric, row, col) -> paper value
     paper_note: str = ""
+    undefined: dict[tuple[str, Any, Any], int] = field(default_factory=dict)  # finished seeds without a value
+
+    def fmt(self, metric: str, row: Any, col: Any, digits: int = 2) -> str:
+        """mean ± std; "(n/N)" when only n of the N finished seeds have a value; "—" when none."""
+        text = _fmt(self.stats(metric, row, col), digits)
+        missing = self.undefined.get((metric, row, col), 0)
+        if missing and text != "—":
+            n = len(self.cells[(metric, row, col)])
+            text += f" ({n}/{n + missing})"
+        return text
+
+    @property
+    def has_undefined(self) -> bool:
+        return any(self.undefined.values())
 
     def stats(self, metric: str, row: Any, col: Any) -> tuple[float, float, int] | None:
         vals = self.cells.get((metric, row, col))
@@ -152,13 +166,17 @@ def _build(spec: TableSpec, entries: list[Entry]) -> list[Table]:
         rows = _ordered(e.dim(spec.rows) for e in group)
         cols = _ordered(e.dim(spec.columns) for e in group)
         cells: dict[tuple[str, Any, Any], list[float]] = defaultdict(list)
+        undefined: dict[tuple[str, Any, Any], int] = defaultdict(int)
         for e in group:
             if e.record is None:
                 continue
             for metric in spec.metrics:
                 value = metric_value(e.record, metric)
+                where = (metric, e.dim(spec.rows), e.dim(spec.columns))
                 if value is not None:
-                    cells[(metric, e.dim(spec.rows), e.dim(spec.columns))].append(value)
+                    cells[where].append(value)
+                else:
+                    undefined[where] += 1
         paper: dict[tuple[str, str, str], float] = {}
         note = ""
         if spec.paper:
@@ -170,7 +188,7 @@ def _build(spec: TableSpec, entries: list[Entry]) -> list[Table]:
             note = f"paper: {spec.paper['source']}" + (
                 f", on {spec.paper['dataset']}" if "dataset" in spec.paper else "")
         out.append(Table(spec.title, subtitle, spec.rows, spec.columns, spec.metrics,
-                         rows, cols, dict(cells), paper, note))
+                         rows, cols, dict(cells), paper, note, dict(undefined)))
     return out
 
 
@@ -203,7 +221,7 @@ def table_markdown(table: Table) -> str:
         for row in table.rows:
             vals = []
             for c in table.cols:
-                text = _fmt(table.stats(metric, row, c), digits)
+                text = table.fmt(metric, row, c, digits)
                 vals.append(f"**{text}**" if best[c] == row and text != "—" else text)
             lines.append("| " + " | ".join(([METRIC_TITLES[metric]] if len(table.metrics) > 1 else [])
                                              + [str(row)] + vals) + " |")
@@ -220,7 +238,8 @@ def table_markdown(table: Table) -> str:
 def table_csv(table: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["subtitle", "metric", table.rows_dim, table.cols_dim, "mean", "std", "seeds", "best", "paper"])
+    w.writerow(["subtitle", "metric", table.rows_dim, table.cols_dim, "mean", "std", "seeds", "best", "paper",
+                "seeds_without_value"])
     for metric in table.metrics:
         for c in table.cols:
             best = table.best(metric, c)
@@ -230,7 +249,8 @@ def table_csv(table: Table) -> str:
                 w.writerow([table.subtitle, metric, row, _norm(c),
                             "" if s is None else f"{s[0]:.4f}", "" if s is None else f"{s[1]:.4f}",
                             0 if s is None else s[2], int(best == row and s is not None),
-                            "" if paper is None else f"{paper:.4f}"])
+                            "" if paper is None else f"{paper:.4f}",
+                            table.undefined.get((metric, row, c), 0)])
     return buf.getvalue()
 
 
@@ -286,7 +306,12 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike | None = Non
             parts += [f"Mean ± std over seeds; best of ours per column in bold; *italic rows: {table.paper_note}*.", ""]
         else:
             parts += ["Mean ± std over seeds; best per column in bold.", ""]
-        parts += [table_markdown(table), "", f"CSV: `{link(csv_path)}`", ""]
+        parts += [table_markdown(table), ""]
+        if table.has_undefined:
+            parts += ["Some seeds have no value here (e.g. P@H≤2 when no query finds any item within "
+                      "Hamming radius 2): \"(n/N)\" = mean and std over the n of N seeds with a value; "
+                      "\"—\" = no seed has one.", ""]
+        parts += [f"CSV: `{link(csv_path)}`", ""]
     if figures:
         from cmhash.experiments.figures import make_figures
 
