@@ -14,7 +14,7 @@
 The machine is shared: wall times vary with the load (the load average is recorded); CPU
 seconds vary less. BLAS threads: whatever ``OPENBLAS_NUM_THREADS`` says (recorded).
 
-Run:  OPENBLAS_NUM_THREADS=1 PYTHONPATH=src python benchmarks/dcgh_speed.py
+Run:  PYTHONPATH=src python benchmarks/dcgh_speed.py   (OPENBLAS_NUM_THREADS=1 on a shared machine)
       ... --skip-scale | --skip-wiki | --sizes 10000,184000 --scale-bits 64
 Writes benchmarks/results/dcgh_speed_wiki.json and benchmarks/results/dcgh_speed_scale.json.
 """
@@ -182,8 +182,9 @@ def main() -> None:
     from cmhash.record import versions
 
     common = dict(versions=versions(), blas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "default"),
-                  cpu_count=os.cpu_count(), command="OPENBLAS_NUM_THREADS=1 PYTHONPATH=src python "
-                  "benchmarks/dcgh_speed.py " + " ".join(sys.argv[1:]))
+                  cpu_count=os.cpu_count(),
+                  command="".join(f"{k}={os.environ[k]} " for k in ("OPENBLAS_NUM_THREADS",) if k in os.environ)
+                  + "PYTHONPATH=src python benchmarks/dcgh_speed.py " + " ".join(sys.argv[1:]))
     if not args.skip_wiki:
         write_json(RESULTS / "dcgh_speed_wiki.json",
                    {"wiki": run_wiki([int(b) for b in args.wiki_bits.split(",")], args.repeats), **common})
