@@ -41,3 +41,12 @@ def test_lambda_figure_only_when_records_carry_it(tmp_path: Path):
     without = [Entry(c, {"record": {}, "metrics": {}, "curves": {}}) for c in cells]
     assert make_figures(cfg, without, tmp_path / "b") == []
     assert make_figures(_config([]), with_lambda, tmp_path / "c") == []  # figures switched off
+
+
+def test_figures_are_byte_identical_when_redrawn(tmp_path: Path):
+    """No creation date and fixed SVG ids: regenerating a report does not churn its figures."""
+    cfg = _config(["lambda"])
+    entries = [Entry(c, _record([0.9, 0.6, 0.4, 0.3])) for c in expand(cfg)]
+    first = make_figures(cfg, entries, tmp_path / "a")
+    second = make_figures(cfg, entries, tmp_path / "b")
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]

@@ -72,8 +72,10 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         path = out / f"{name}.{ext}"
-        with atomic_write(path, "wb") as fh:
-            fig.savefig(fh, format=ext, dpi=120 if ext == "png" else None, bbox_inches="tight")
+        # no creation date, fixed SVG ids: the same results give byte-identical figure files
+        with atomic_write(path, "wb") as fh, plt.rc_context({"svg.hashsalt": "cmhash"}):
+            fig.savefig(fh, format=ext, dpi=120 if ext == "png" else None, bbox_inches="tight",
+                        metadata={"Date": None} if ext == "svg" else {"Software": None})
         paths.append(path)
     plt.close(fig)
     return paths
