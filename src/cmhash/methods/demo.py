@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cmhash.nn.engine import ENGINE_DEFAULTS, Batch, DeepHashingMethod, TrainContext  # first: clear error without torch
+from cmhash.nn.engine import UNSUPERVISED_ENGINE_DEFAULTS, Batch, DeepHashingMethod, TrainContext  # first: clear error without torch
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -154,9 +154,7 @@ class DEMO(DeepHashingMethod):
     name = "demo"
     supervised = False
     defaults = {
-        **ENGINE_DEFAULTS,
-        "val_fraction": 0.0,        # no labels to select an epoch on: keep the last one
-        "patience": 0,
+        **UNSUPERVISED_ENGINE_DEFAULTS,
         "views": 5,                 # M, when the dataset has no views of its own
         "aug_dropout": 0.2,
         "aug_noise": 0.1,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cmhash.nn.engine import ENGINE_DEFAULTS, Batch, DeepHashingMethod, TrainContext  # first: clear error without torch
+from cmhash.nn.engine import UNSUPERVISED_ENGINE_DEFAULTS, Batch, DeepHashingMethod, TrainContext  # first: clear error without torch
 
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
@@ -171,9 +171,7 @@ class HINT(DeepHashingMethod):
     name = "hint"
     supervised = False
     defaults = {
-        **ENGINE_DEFAULTS,
-        "val_fraction": 0.0,       # no labels to select an epoch on: keep the last one
-        "patience": 0,
+        **UNSUPERVISED_ENGINE_DEFAULTS,
         "knn": 3,                  # k of the intra-modal kNN graph (Sec. 4.2)
         "weighted": False,         # kNN edges weigh their cosine similarity
         "pair_weight": 1.0,        # weight of the pair edges (1 = the paper's graph)

@@ -57,6 +57,10 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "device": "cpu",           # "cpu", "cuda", "cuda:N" or "auto"
 }
 
+#: The engine defaults of an unsupervised method: no labels to select an epoch on, so no
+#: validation split and no early stopping; the last epoch is kept.
+UNSUPERVISED_ENGINE_DEFAULTS: dict[str, Any] = {**ENGINE_DEFAULTS, "val_fraction": 0.0, "patience": 0}
+
 
 # ------------------------------------------------------------------------ the trained model
 class DeepHashModel(HashModel):
