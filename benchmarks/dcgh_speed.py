@@ -16,7 +16,8 @@ seconds vary less. BLAS threads: whatever ``OPENBLAS_NUM_THREADS`` says (recorde
 
 Run:  PYTHONPATH=src python benchmarks/dcgh_speed.py   (OPENBLAS_NUM_THREADS=1 on a shared machine)
       ... --skip-scale | --skip-wiki | --sizes 10000,184000 --scale-bits 64
-Writes benchmarks/results/dcgh_speed_wiki.json and benchmarks/results/dcgh_speed_scale.json.
+Writes benchmarks/results/dcgh_speed_wiki.json and benchmarks/results/dcgh_speed_scale.json
+(``--out DIR``: into DIR instead).
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--skip-wiki", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results (default: %(default)s)")
     args = ap.parse_args()
     from cmhash.io import write_json
     from cmhash.record import versions
@@ -186,15 +188,15 @@ def main() -> None:
                   command="".join(f"{k}={os.environ[k]} " for k in ("OPENBLAS_NUM_THREADS",) if k in os.environ)
                   + "PYTHONPATH=src python benchmarks/dcgh_speed.py " + " ".join(sys.argv[1:]))
     if not args.skip_wiki:
-        write_json(RESULTS / "dcgh_speed_wiki.json",
+        write_json(args.out / "dcgh_speed_wiki.json",
                    {"wiki": run_wiki([int(b) for b in args.wiki_bits.split(",")], args.repeats), **common})
     if not args.skip_scale:
         rows = run_scale([int(n) for n in args.sizes.split(",")], [int(b) for b in args.scale_bits.split(",")],
                          args.dtype, args.bits_n)
-        write_json(RESULTS / "dcgh_speed_scale.json", {
+        write_json(args.out / "dcgh_speed_scale.json", {
             "scale": rows, "scale_config": {"generator": NUS, "preset": "nus-wide", "dtype": args.dtype,
                                             "anchors": 1500}, **common})
-    print(f"wrote results to {RESULTS}")
+    print(f"wrote results to {args.out}")
 
 if __name__ == "__main__":
     main()

@@ -42,10 +42,12 @@ def run_record(
     bits: int,
     seed: int,
     dataset: Any = None,
+    dataset_checksum: str | None = None,
     wall_time_s: float | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A JSON-ready record of one training run."""
+    """A JSON-ready record of one training run (``dataset_checksum``: ``dataset.checksum()``, if
+    the caller has it already)."""
     rec: dict[str, Any] = {
         "method": method,
         "hparams": dict(hparams),
@@ -59,7 +61,7 @@ def run_record(
         rec["dataset"] = {
             "name": dataset.name,
             "n": len(dataset),
-            "checksum": dataset.checksum(),
+            "checksum": dataset.checksum() if dataset_checksum is None else dataset_checksum,
             **{k: v for k, v in dataset.info.items() if isinstance(v, (str, int, float, bool, type(None), dict, list))},
         }
     if wall_time_s is not None:

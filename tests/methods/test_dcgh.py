@@ -12,7 +12,6 @@ from cmhash.methods.base import HashModel
 from cmhash.methods.dcgh import (
     DCGH, DCGHModel, Solver, anchor_distances, balanced_orthogonal, cholqr_rinv, fit_rbf, gram64,
     householder_q, matmul_rows, normalise_labels, procrustes, rbf_features, ridge_projection, sgn,
-    thin_q,
 )
 from cmhash.methods.registry import get_method
 
@@ -99,16 +98,30 @@ def reference_q(u):
 
 
 @pytest.mark.parametrize("cond", [1.0, 30.0, 1e6])
-def test_thin_q_is_the_positive_diagonal_qr(cond):
+def test_cholesky_qr_and_householder_give_the_positive_diagonal_qr(cond):
     rng = np.random.default_rng(12)
     n, k = 203, 9
     u = np.linalg.qr(rng.standard_normal((n, k)))[0] @ np.diag(np.geomspace(1, 1 / cond, k))
     u = u @ np.linalg.qr(rng.standard_normal((k, k)))[0] * 5.0
     assert (cholqr_rinv(u) is None) == (cond ** 2 >= 100)  # Cholesky QR only when well conditioned
-    q = thin_q(u)
+    rinv = cholqr_rinv(u)
+    q = householder_q(u) if rinv is None else u @ rinv
     np.testing.assert_allclose(q.T @ q, np.eye(k), atol=1e-13)
     np.testing.assert_allclose(q, reference_q(u), atol=1e-9 * cond)
     np.testing.assert_allclose(householder_q(u), reference_q(u), atol=1e-9 * cond)
+
+
+def test_cholesky_qr_ignores_the_scale_of_the_columns():
+    # Orthogonal directions with column norms from 1e-4 to 1e4: cond(u^T u) = 1e16, but Cholesky
+    # QR of the equilibrated Gram is exact (the B-step's u = [Ubar | random fill] is like this).
+    rng = np.random.default_rng(15)
+    base = np.linalg.qr(rng.standard_normal((150, 6)))[0] + 0.05 * rng.standard_normal((150, 6))
+    u = base * np.geomspace(1e-4, 1e4, 6)
+    rinv = cholqr_rinv(u)
+    assert rinv is not None
+    q = u @ rinv
+    np.testing.assert_allclose(q.T @ q, np.eye(6), atol=1e-13)
+    np.testing.assert_allclose(q, reference_q(u), atol=1e-10)
 
 
 def test_cholqr_refuses_rank_deficient_input():
@@ -189,6 +202,22 @@ def test_objective_matches_brute_force(block):
     assert s.objective(block=block)["total"] == pytest.approx(brute_objective(s), rel=1e-10)
 
 
+def test_float32_objective_matches_the_float64_computation():
+    s = small_solver(n=500)
+    s.x = [xv.astype(np.float32) for xv in s.x]
+    s.l = s.l.astype(np.float32)
+    for _ in range(2):
+        s.iterate()
+    for name in ("h", "f", "u"):
+        setattr(s, name, getattr(s, name).astype(np.float32))
+    for name in ("b", "g", "xw"):
+        setattr(s, name, [m.astype(np.float32) for m in getattr(s, name)])
+    o32, o64 = s.objective(block=64), s.objective(block=64, dtype=np.float64)
+    assert o32["total"] != o64["total"]  # really computed in float32
+    for key in o64:
+        assert o32[key] == pytest.approx(o64[key], rel=1e-5)
+
+
 def test_h_step_is_the_exact_minimiser_over_codes():
     s = small_solver()
     s.iterate()
@@ -219,6 +248,21 @@ def test_steps_other_than_w_never_increase_the_objective():
         for v in range(2):
             s.w_step(v)
         s.update_xw()
+
+
+def test_b_and_g_steps_in_two_threads_give_the_serial_result(monkeypatch):
+    import cmhash.methods.dcgh as dcgh
+
+    monkeypatch.setattr(dcgh, "PARALLEL_MIN_ROWS", 0)
+    states = []
+    for workers in (1, 2):
+        monkeypatch.setattr(dcgh.BLAS, "workers", lambda w=workers: w)
+        s = small_solver(bits=12, n=300, c=5)  # 12 bits of 9 + 12 features: the B-steps fill rank
+        for _ in range(3):
+            s.iterate()
+        states.append([s.h, *s.b, *s.g, *s.w, s.u, s.f])
+    for serial, threaded in zip(*states):
+        np.testing.assert_array_equal(serial, threaded)
 
 
 def test_w_step_maximises_its_trace():

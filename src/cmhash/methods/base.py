@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -154,13 +155,21 @@ class HashingMethod(ABC):
         if int(bits) != bits or bits < 1:
             raise ValueError(f"bits must be a positive integer, got {bits!r}")
         data = train if self.supervised else without_labels(train)
-        start = time.perf_counter()
-        model = self._fit(data, int(bits), seed=int(seed), progress=progress)
-        wall = time.perf_counter() - start
+        # The run record's data checksum (sha256 over GBs at NUS-WIDE size: seconds) is computed
+        # in a thread beside the training: hashlib releases the GIL while it hashes.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cmhash-checksum")
+        try:
+            checksum = pool.submit(train.checksum)
+            start = time.perf_counter()
+            model = self._fit(data, int(bits), seed=int(seed), progress=progress)
+            wall = time.perf_counter() - start
+            train_checksum = checksum.result()
+        finally:
+            pool.shutdown(wait=False)
         model.record = {
             **run_record(
                 method=self.name, hparams=self.hparams, bits=bits, seed=seed, dataset=train,
-                wall_time_s=wall, preset=self.preset,
+                dataset_checksum=train_checksum, wall_time_s=wall, preset=self.preset,
             ),
             **model.record,
         }

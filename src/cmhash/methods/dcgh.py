@@ -50,6 +50,7 @@ the objective can rise there (the paper's Fig. 7 shows it converging; we record 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,6 +70,10 @@ RANK_TOL_ABS = 1e-5  # the official code's eigenvalue cut-off in the B-step
 RANK_TOL_REL = 1e-13
 CHOLQR_MAX_COND = 1e2  # cond(U^T U) up to which Cholesky QR is used (orthogonality ~ cond * eps)
 POLAR_MAX_COND = 1e7  # cond(M^T M) up to which the polar factor is taken from M^T M
+# Items from which the two B-steps (and G-steps) of an iteration run in two threads. Measured on
+# 2 cores, fit at 64 bits, threads vs in turn: 1.07 vs 1.01 s on WIKI (2,173 items), equal at
+# 5,000 synthetic items, 3.17 vs 3.30 s at 10,000, 7.54 vs 8.16 s at 25,000 (docs/dcgh.md).
+PARALLEL_MIN_ROWS = 8192
 
 
 # ------------------------------------------------------------------------- BLAS threads
@@ -114,6 +119,11 @@ class BlasThreads:
         with self._ctl.limit(limits=self._wide, user_api="blas"):
             yield
 
+    def workers(self) -> int:
+        """Inside ``small()``: the configured BLAS thread count, the number of Python threads
+        that independent single-threaded steps may use side by side (1 without threadpoolctl)."""
+        return self._wide or 1
+
 
 BLAS = BlasThreads()
 
@@ -128,28 +138,33 @@ def _squared_distance_blocks(x: np.ndarray, anchors: np.ndarray, out: np.ndarray
     """Fill ``out`` (n x a) with squared Euclidean distances |x - a|^2, one row block at a time,
     and yield each block as soon as it is filled (while it is still in cache).
 
-    |x - a|^2 = |x|^2 + |a|^2 - 2 x.a (one matrix product per block), with x and the anchors
-    shifted by the anchors' mean first so that the cancellation loses less precision; clamped at 0.
+    |x - a|^2 = |x|^2 + |a|^2 - 2 x.a, all three terms from one matrix product per block:
+    [x | 1 | |x|^2] [-2a | |a|^2 | 1]^T; x and the anchors are shifted by the anchors' mean first
+    so that the cancellation loses less precision; clamped at 0.
     """
     dtype = out.dtype
+    dim = x.shape[1]
     shift = np.asarray(anchors, dtype=np.float64).mean(axis=0)
     a = np.asarray(anchors - shift, dtype=dtype)
-    a_sq = np.einsum("ij,ij->i", a, a)
-    a_m2 = a * dtype.type(-2)  # exact: -2 x.a comes out of the product itself
-    xb_buf = np.empty((min(block, x.shape[0]), x.shape[1]), dtype=dtype)
+    a_aug = np.empty((a.shape[0], dim + 2), dtype=dtype)
+    a_aug[:, :dim] = a * dtype.type(-2)  # exact
+    a_aug[:, dim] = np.einsum("ij,ij->i", a, a)
+    a_aug[:, dim + 1] = 1
+    xb_buf = np.empty((min(block, x.shape[0]), dim + 2), dtype=dtype)
+    xb_buf[:, dim] = 1
     for rows in _row_blocks(x.shape[0], block):
         d = out[rows]
         xb = xb_buf[:d.shape[0]]
-        np.subtract(x[rows], shift, out=xb)  # computed in float64, rounded once into dtype
-        np.matmul(xb, a_m2.T, out=d)
-        d += np.einsum("ij,ij->i", xb, xb)[:, None]
-        d += a_sq
+        xs = xb[:, :dim]
+        np.subtract(x[rows], shift, out=xs)  # computed in float64, rounded once into dtype
+        np.einsum("ij,ij->i", xs, xs, out=xb[:, dim + 1])
+        np.matmul(xb, a_aug.T, out=d)
         np.maximum(d, 0, out=d)
         yield d
 
 
 def anchor_distances(x: np.ndarray, anchors: np.ndarray, *, squared: bool, dtype, out=None,
-                     block: int = 1024) -> np.ndarray:
+                     block: int = 2048) -> np.ndarray:
     """Euclidean distances (``squared``: their squares) of each row of x to each anchor, n x a."""
     out = np.empty((x.shape[0], anchors.shape[0]), dtype=dtype) if out is None else out
     for d in _squared_distance_blocks(np.asarray(x), anchors, out, block):
@@ -159,7 +174,7 @@ def anchor_distances(x: np.ndarray, anchors: np.ndarray, *, squared: bool, dtype
 
 
 def rbf_features(x: np.ndarray, anchors: np.ndarray, sigma: float, *, kernel: str = "official",
-                 dtype=np.float64, block: int = 1024) -> np.ndarray:
+                 dtype=np.float64, block: int = 2048) -> np.ndarray:
     """RBF anchor features exp(-D / (2 sigma^2)) (Sec. 3.1), n x a, in one pass over row blocks.
 
     ``kernel="official"``: D is the plain Euclidean distance (the official ``RBF_fast``);
@@ -176,7 +191,7 @@ def rbf_features(x: np.ndarray, anchors: np.ndarray, sigma: float, *, kernel: st
 
 
 def fit_rbf(x: np.ndarray, n_anchors: int, rng: np.random.Generator, *, kernel: str,
-            sigma: float | None, dtype, block: int = 1024) -> tuple[np.ndarray, float, np.ndarray]:
+            sigma: float | None, dtype, block: int = 2048) -> tuple[np.ndarray, float, np.ndarray]:
     """Draw ``n_anchors`` training rows as anchors; sigma = mean Euclidean anchor distance.
 
     Returns (anchors, sigma, training features). With sigma given, one pass (``rbf_features``);
@@ -191,7 +206,7 @@ def fit_rbf(x: np.ndarray, n_anchors: int, rng: np.random.Generator, *, kernel: 
     total = 0.0
     for d in _squared_distance_blocks(x, anchors, out, block):
         np.sqrt(d, out=d)
-        total += float(d.sum(dtype=np.float64))
+        total += float(d.sum(axis=1).sum(dtype=np.float64))  # rows pairwise in dtype, then float64
     sigma = total / out.size
     if not sigma > 0:
         raise ValueError(f"RBF kernel width must be > 0, got {sigma} (are all training items identical?)")
@@ -206,44 +221,69 @@ def fit_rbf(x: np.ndarray, n_anchors: int, rng: np.random.Generator, *, kernel: 
 
 
 # ---------------------------------------------------------------------- solver steps
-def gram64(a: np.ndarray, b: np.ndarray | None = None, *, center: np.ndarray | None = None,
-           block: int = 1024) -> np.ndarray:
-    """(a - center)^T b, or (a - center)^T (a - center) if b is None, in float64 block by block:
-    small matrices from n-row ones without an n-row float64 copy."""
-    out = np.zeros((a.shape[1], (a if b is None else b).shape[1]))
+ROW_BLOCK = 4096  # rows per block of the n-row float64 passes (a block of 64 columns: 2 MB)
+
+
+def _float64_blocks(a: np.ndarray, block: int, center: np.ndarray | None = None, *, dtype=np.float64):
+    """(rows, copy of a[rows] minus center, in ``dtype``) for consecutive row blocks of ``a``,
+    through one reused buffer (a plain copy into it, then an in-place subtraction: both much
+    faster than a mixed-dtype subtraction or a fresh ``astype`` per block). Where ``a`` is
+    already of ``dtype`` and there is no centre, the blocks are views of ``a``."""
+    if center is None and a.dtype == dtype:
+        for rows in _row_blocks(a.shape[0], block):
+            yield rows, a[rows]
+        return
+    buf = np.empty((min(block, a.shape[0]), a.shape[1]), dtype=dtype)
     for rows in _row_blocks(a.shape[0], block):
-        ab = a[rows].astype(np.float64)
+        ab = buf[:rows.stop - rows.start]
+        ab[...] = a[rows]
         if center is not None:
             ab -= center
-        out += ab.T @ (ab if b is None else b[rows].astype(np.float64))
+        yield rows, ab
+
+
+def gram64(a: np.ndarray, b: np.ndarray | None = None, *, center: np.ndarray | None = None,
+           block: int = ROW_BLOCK) -> np.ndarray:
+    """(a - center)^T b, or (a - center)^T (a - center) if b is None, in float64 block by block:
+    small matrices from n-row ones without an n-row float64 copy (the symmetric case through
+    numpy's A^T A product, which BLAS computes as a rank-k update, syrk)."""
+    out = np.zeros((a.shape[1], (a if b is None else b).shape[1]))
+    b_blocks = None if b is None else _float64_blocks(b, block)
+    for rows, ab in _float64_blocks(a, block, center):
+        out += ab.T @ (ab if b_blocks is None else next(b_blocks)[1])
     return out
 
 
 def matmul_rows(a: np.ndarray, m: np.ndarray, out: np.ndarray, *, center: np.ndarray | None = None,
-                block: int = 1024) -> np.ndarray:
+                block: int = ROW_BLOCK) -> np.ndarray:
     """out = (a - center) m, computed in float64 block by block and stored in out's dtype.
 
     ``out`` may be ``a`` itself (each block is read before it is written)."""
-    for rows in _row_blocks(a.shape[0], block):
-        ab = a[rows].astype(np.float64)
-        if center is not None:
-            ab -= center
+    for rows, ab in _float64_blocks(a, block, center):
         out[rows] = ab @ m
     return out
 
 
 def cholqr_rinv(u: np.ndarray) -> np.ndarray | None:
     """R^-1 of the thin QR factorisation u = Q R (diag(R) > 0) from the Cholesky factor of
-    u^T u = R^T R, or None where Cholesky QR would lose orthogonality: cond(u^T u) >= 100 (its
-    loss of orthogonality is about cond(u^T u) * eps) or u^T u not positive definite."""
+    u^T u = R^T R, or None where Cholesky QR would lose orthogonality: cond(D u^T u D) >= 100
+    with D = diag(u^T u)^-1/2 (the columns' scale does not matter to Cholesky QR; its loss of
+    orthogonality is about that condition number times eps) or u^T u not positive definite."""
     k = u.shape[1]
     if k == 0:
         return np.zeros((0, 0))
     c = gram64(u)
+    diag = np.diag(c).copy()
+    if not np.all(diag > 0):
+        return None
+    scale = 1.0 / np.sqrt(diag)
+    c *= scale[:, None]
+    c *= scale[None, :]
     ev = np.linalg.eigvalsh(c)
     if not (ev[0] > 0 and ev[-1] < CHOLQR_MAX_COND * ev[0]):
         return None
-    return sla.solve_triangular(sla.cholesky(c, lower=False), np.eye(k), lower=False)
+    # u D = Q R', so u = Q (R' D^-1) and R^-1 = D R'^-1.
+    return scale[:, None] * sla.solve_triangular(sla.cholesky(c, lower=False), np.eye(k), lower=False)
 
 
 def householder_q(u: np.ndarray) -> np.ndarray:
@@ -252,20 +292,20 @@ def householder_q(u: np.ndarray) -> np.ndarray:
     return q * np.where(np.diag(rr) < 0, -1.0, 1.0)
 
 
-def thin_q(u: np.ndarray) -> np.ndarray:
-    """Q of the thin QR factorisation u = Q R with diag(R) > 0 (u: n x k, n >= k): Cholesky QR
-    (u R^-1, in u's dtype) when u is well conditioned, else Householder (float64)."""
-    rinv = cholqr_rinv(u)
-    return householder_q(u) if rinv is None else u @ rinv.astype(u.dtype)
-
-
 def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """argmax_B <B, J> s.t. B^T 1 = 0, B^T B = n I (Eq. 6-8), for J of shape n x r.
 
     Eigen-decompose the centred J_c^T J_c = V diag(lam) V^T; with r* eigenvalues above the
     tolerance, Ubar = J_c V_{r*} lam^{-1/2}; if r* < r, fill with centred random columns made
     orthonormal to Ubar and each other (the Gram-Schmidt step); B = sqrt(n) [Ubar | Ufill] V^T.
-    J^T J, Ubar and the Gram of Ubar are computed in float64 (by row blocks); the rest, products
+
+    Computed as: u = [Ubar | centred random columns], centred again (the rounding of Ubar's
+    column means); [Ubar | Ufill] = Q of the thin QR u = Q R with R's diagonal positive. In exact
+    arithmetic that Q is Ubar itself followed by the Gram-Schmidt fill, and Ubar = Q R with
+    R = I + O(rounding), so the pairing with V is kept: the QR only removes the loss of
+    orthogonality of the directions with small lam. It is a Cholesky QR (one Gram, one product,
+    folded into B = u (R^-1 sqrt(n) V^T)) when u is well conditioned, Householder otherwise.
+    J^T J, Ubar and the Gram of u are computed in float64 (by row blocks); the rest, products
     of well-conditioned n-row matrices with small ones, in J's dtype (as B itself).
     """
     n, r = j.shape
@@ -278,58 +318,48 @@ def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     tol = max(RANK_TOL_ABS, RANK_TOL_REL * max(lam[0], 0.0))
     rank = int(np.sum(lam > tol))
     right = vec.T * np.sqrt(n)  # B = [Ubar | Ufill] (sqrt(n) V^T)
-    u = np.empty((n, r), dtype=dt)  # [Ubar | Ufill]
-    ubar = u[:, :rank]
-    matmul_rows(j, vec[:, :rank] / np.sqrt(lam[:rank]), ubar, center=mean)  # Ubar = J_c V lam^-1/2
-    ubar -= ubar.mean(axis=0, dtype=np.float64).astype(dt)
-    # Re-orthonormalise (directions with small lam lose orthogonality to rounding): the Q of
-    # Ubar = Q R with R's diagonal positive, so R = I + O(rounding) and the pairing with V is kept.
-    rinv = cholqr_rinv(ubar)
-    if rank == r and rinv is not None:  # full rank: B = Ubar (R^-1 sqrt(n) V^T), one product
-        return ubar @ (rinv @ right).astype(dt)
-    if rinv is None:
-        ubar[...] = householder_q(ubar)
-    else:
-        ubar[...] = ubar @ rinv.astype(dt)
+    u = np.empty((n, r), dtype=dt)  # [Ubar | random fill], then centred
+    matmul_rows(j, vec[:, :rank] / np.sqrt(lam[:rank]), u[:, :rank], center=mean)  # Ubar = J_c V lam^-1/2
     if rank < r:
-        fill = rng.random((n, r - rank)).astype(dt)
-        fill -= fill.mean(axis=0, dtype=np.float64).astype(dt)
-        for _ in range(2):  # project out Ubar twice (classical Gram-Schmidt, re-orthogonalised)
-            fill -= ubar @ (ubar.T @ fill)
-        fill = thin_q(fill).astype(dt)
-        fill -= ubar @ (ubar.T @ fill)
-        u[:, rank:] = fill
-    return u @ right.astype(dt)
+        u[:, rank:] = rng.random((n, r - rank))  # drawn in float64 whatever the dtype: the same fill
+    u -= u.mean(axis=0, dtype=np.float64).astype(dt)
+    rinv = cholqr_rinv(u)
+    if rinv is None:
+        return householder_q(u).astype(dt) @ right.astype(dt)
+    return u @ (rinv @ right).astype(dt)
 
 
 def procrustes(m: np.ndarray) -> np.ndarray:
     """argmax_Q tr(Q^T M) over Q with orthonormal columns (or rows, if wide): Q = P R^T from M = P S R^T.
 
     Q is the polar factor of M. For a (transposed, if wide) M of full column rank with
-    cond(M^T M) < 1e7 it is M (M^T M)^-1/2 from the eigen-decomposition of the small M^T M (one
-    product over M's rows), followed, if cond(M^T M) > 100, by one more such step on the result,
-    which restores orthogonality to rounding; Q is then within ~cond(M^T M) eps of the exact
-    polar factor (the trace, stationary there, to its square). Otherwise (rank-deficient M: Q is
-    not unique) it comes from the SVD.
+    cond(M^T M) < 1e7 it is M (M^T M)^-1/2 from the eigen-decomposition of the small M^T M
+    (a float64 Gram over M's rows, then one product in M's dtype), followed, if
+    cond(M^T M) > 100, by one more such step on the result, which restores orthogonality to
+    rounding; Q is then within ~cond(M^T M) eps of the exact polar factor (the trace,
+    stationary there, to its square). Otherwise (rank-deficient M: Q is not unique) it comes
+    from the SVD, in float64.
     """
     wide = m.shape[0] < m.shape[1]
-    a = np.asarray(m.T if wide else m, dtype=np.float64)
-    lam, v = np.linalg.eigh(a.T @ a)
+    a = m.T if wide else m
+    lam, v = np.linalg.eigh(gram64(a))
     if lam.size and lam[0] > lam[-1] / POLAR_MAX_COND:
-        q = a @ ((v / np.sqrt(lam)) @ v.T)
+        q = a @ ((v / np.sqrt(lam)) @ v.T).astype(a.dtype)
         if lam[-1] > 100 * lam[0]:
-            lam, v = np.linalg.eigh(q.T @ q)
-            q = q @ ((v / np.sqrt(lam)) @ v.T)
+            lam, v = np.linalg.eigh(gram64(q))
+            q = q @ ((v / np.sqrt(lam)) @ v.T).astype(a.dtype)
     else:
-        p, _, rt = sla.svd(a, full_matrices=False)
-        q = p @ rt
-    return (q.T if wide else q).astype(m.dtype, copy=False)
+        p, _, rt = sla.svd(np.asarray(a, dtype=np.float64), full_matrices=False)
+        q = (p @ rt).astype(a.dtype, copy=False)
+    return q.T if wide else q
 
 
-def sgn(x: np.ndarray) -> np.ndarray:
-    """sgn with sgn(0) = +1, in the dtype of x (PROTOCOL.md)."""
-    one = x.dtype.type(1)
-    return np.where(x >= 0, one, -one)  # typed scalars: no int64 n x r temporary
+def sgn(x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """sgn with sgn(0) = +1 (-0 included), in the dtype of x (PROTOCOL.md); ``inplace``:
+    overwrite x (a temporary) instead of allocating."""
+    out = x if inplace else x.copy()
+    out += out.dtype.type(0)  # -0 + 0 = +0, so that copysign sees +0
+    return np.copysign(out.dtype.type(1), out, out=out)
 
 
 def normalise_labels(labels: np.ndarray, dtype) -> np.ndarray:
@@ -339,23 +369,27 @@ def normalise_labels(labels: np.ndarray, dtype) -> np.ndarray:
     return np.divide(lab, norm, out=np.zeros_like(lab), where=norm > 0)
 
 
-def ridge_projection(x: np.ndarray, h: np.ndarray, lam: float, *, block: int = 512) -> np.ndarray:
+def ridge_projection(x: np.ndarray, h: np.ndarray, lam: float, *, block: int = ROW_BLOCK) -> np.ndarray:
     """P = (X^T X + lam I)^-1 X^T H (Eq. 20), via a Cholesky factor.
 
-    X^T X and X^T H are accumulated in float64 in one pass over float64 copies of row blocks of
-    X, even when X is float32: a float32 Gram of n >> a rows carries rounding errors far above lam
-    (1e-4 for NUS-WIDE); one of 50,000 synthetic pairs was not even positive definite. The Gram
-    is a symmetric rank-k update (BLAS syrk: half the work of a general product), upper triangle.
+    X^T X and X^T H are accumulated in float64, even when X is float32: a float32 Gram of n >> a
+    rows carries rounding errors far above lam (1e-4 for NUS-WIDE); one of 50,000 synthetic pairs
+    was not even positive definite. Both come from one symmetric rank-k update (BLAS syrk: half
+    the work of a general product) of the Gram of [X | H], over float64 row blocks: X^T X is its
+    upper-left block and X^T H the block beside it (a separate X^T H product was 3x slower per
+    flop than the syrk).
     """
     a = x.shape[1]
-    gram = np.zeros((a, a), order="F")
-    xth = np.zeros((a, h.shape[1]), order="F")
+    gram = np.zeros((a + h.shape[1],) * 2, order="F")  # upper triangle of [X | H]^T [X | H]
+    buf = np.empty((min(block, x.shape[0]), gram.shape[0]))
     for rows in _row_blocks(x.shape[0], block):
-        xbt = x[rows].astype(np.float64).T  # a x block, Fortran-ordered: no copy on the way to BLAS
-        gram = sla.blas.dsyrk(1.0, xbt, beta=1.0, c=gram, overwrite_c=1)
-        xth = sla.blas.dgemm(1.0, xbt, h[rows].astype(np.float64), beta=1.0, c=xth, overwrite_c=1)
-    gram[np.diag_indices(a)] += lam
-    return sla.cho_solve(sla.cho_factor(gram, lower=False, overwrite_a=True), xth, overwrite_b=True)
+        xh = buf[:rows.stop - rows.start]
+        xh[:, :a] = x[rows]
+        xh[:, a:] = h[rows]
+        gram = sla.blas.dsyrk(1.0, xh.T, beta=1.0, c=gram, overwrite_c=1)  # xh.T: Fortran-ordered, no copy
+    xtx = np.asfortranarray(gram[:a, :a])
+    xtx[np.diag_indices(a)] += lam
+    return sla.cho_solve(sla.cho_factor(xtx, lower=False, overwrite_a=True), gram[:a, a:], overwrite_b=False)
 
 
 class Solver:
@@ -390,25 +424,36 @@ class Solver:
         with BLAS.wide():
             self.xw = [xv @ wv for xv, wv in zip(self.x, self.w)]
 
-    def b_step(self, v: int) -> None:
-        """Eq. 6-8: B_v = balanced-orthogonal argmax <B, X_v W_v + alpha G_v U + beta r S H>."""
-        j = self.g[v] @ self.u
-        j *= self.alpha
+    def b_step(self, v: int, sh: np.ndarray | None = None, rng: np.random.Generator | None = None) -> None:
+        """Eq. 6-8: B_v = balanced-orthogonal argmax <B, X_v W_v + alpha G_v U + beta r S H>.
+
+        ``sh``: beta r S H if already computed (H is the same for both B-steps of an iteration);
+        ``rng``: the generator of the random fill (default: the solver's)."""
+        j = self.g[v] @ (self.alpha * self.u)
         j += self.xw[v]
+        j += self._beta_r_sh() if sh is None else sh
+        self.b[v] = balanced_orthogonal(j, self.rng if rng is None else rng)
+
+    def _beta_r_sh(self) -> np.ndarray:
         sh = self.s_apply(self.h)
         sh *= self.beta * self.r
-        j += sh
-        del sh
-        self.b[v] = balanced_orthogonal(j, self.rng)
+        return sh
 
     def h_step(self) -> None:
         """Eq. 11 (official form): H = sgn(alpha F U + beta r S (B_1 + B_2)), sgn(0) = +1."""
-        self.h = sgn(self.alpha * (self.f @ self.u) + (self.beta * self.r) * self.s_apply(self.b[0] + self.b[1]))
+        z = self.b[0] + self.b[1]
+        z = self.s_apply(z)
+        z *= self.beta * self.r
+        z += self.f @ (self.alpha * self.u)
+        self.h = sgn(z, inplace=True)
 
     def w_step(self, v: int) -> None:
-        """Eq. 13: W_v = argmax tr(W^T X_v^T B_v) over orthonormal columns (Procrustes)."""
+        """Eq. 13: W_v = argmax tr(W^T X_v^T B_v) over orthonormal columns (Procrustes).
+
+        X^T B is computed as (B^T X)^T: the same sums, and BLAS runs the r x n by n x a product
+        about 1.4x faster than the transposed one on this machine (docs/dcgh.md, "Speed")."""
         with BLAS.wide():
-            m = self.x[v].T @ self.b[v]
+            m = (self.b[v].T @ self.x[v]).T
         self.w[v] = procrustes(m)
 
     def u_step(self) -> None:
@@ -424,46 +469,84 @@ class Solver:
         self.f = procrustes(self.h @ self.u.T)
 
     def iterate(self) -> None:
-        """One iteration in the official order: B_1, B_2, H, W_1, W_2, U, G_1, G_2, F."""
-        for v in range(2):
-            self.b_step(v)
+        """One iteration in the official order: B_1, B_2, H, W_1, W_2, U, G_1, G_2, F.
+
+        B_1 and B_2 depend on each other as little as G_1 and G_2 do (each pair reads only state
+        the other does not write), so each pair runs in two threads side by side when BLAS is
+        configured for two or more (``BlasThreads.workers``); each B-step draws its random fill
+        from its own generator, spawned from the solver's, so the result does not depend on that."""
+        sh = self._beta_r_sh()
+        rngs = self.rng.spawn(2)
+        self._both(lambda v: self.b_step(v, sh, rngs[v]))
+        del sh
         self.h_step()
         for v in range(2):
             self.w_step(v)
         self.update_xw()
         self.u_step()
-        for v in range(2):
-            self.g_step(v)
+        self._both(self.g_step)
         self.f_step()
 
-    def objective(self, *, block: int = 2048) -> dict[str, float]:
-        """The objective of the module docstring and its terms, in O(n), accumulated in float64
-        over row blocks: fit = sum_v ||B_v - X_v W_v||^2, align = sum_v ||B_v - G_v U||^2,
+    def _both(self, step) -> None:
+        """step(0) and step(1), in two threads if BLAS has two or more and there are at least
+        ``PARALLEL_MIN_ROWS`` items (numpy and BLAS release the GIL; each thread's BLAS calls run
+        on one thread inside ``BLAS.small``)."""
+        if BLAS.workers() < 2 or self.h.shape[0] < PARALLEL_MIN_ROWS:
+            step(0)
+            step(1)
+            return
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cmhash-dcgh") as pool:
+            for done in [pool.submit(step, v) for v in range(2)]:
+                done.result()
+
+    def objective(self, *, block: int = ROW_BLOCK, dtype=None) -> dict[str, float]:
+        """The objective of the module docstring and its terms, in O(n), over row blocks:
+        fit = sum_v ||B_v - X_v W_v||^2, align = sum_v ||B_v - G_v U||^2,
         consensus = sum_v ||H B_v^T - r S||^2, centre = ||H - F U||^2.
 
-        ||H B^T - r S||^2 = <H^T H, B^T B> - 2 r <L^T B, L^T H> + r^2 ||S||^2: no n x n matrix."""
-        u = self.u.astype(np.float64)
-        r, c = self.r, self.l.shape[1]
+        ||H B^T - r S||^2 = <H^T H, B^T B> - 2 r <L^T B, L^T H> + r^2 ||S||^2: no n x n matrix.
+        Each block of H, B_1, B_2 is copied once into one buffer [H | B_1 | B_2], so that
+        L^T [H | B_1 | B_2] is one product. The products within a block are computed in
+        ``dtype`` (default: the solver's, float32 or float64) and summed over blocks in float64;
+        in float32 the terms are exact to ~1e-6 relative (tested against float64), H^T H exactly."""
+        dt = np.dtype(self.h.dtype if dtype is None else dtype)
+        u = self.u.astype(dt)
+        r, c, views = self.r, self.l.shape[1], len(self.b)
         fit = align = centre = 0.0
-        hth, lh = np.zeros((r, r)), np.zeros((c, r))
-        btb, lb = [np.zeros((r, r)) for _ in self.b], [np.zeros((c, r)) for _ in self.b]
+        grams = np.zeros((1 + views, r, r))  # H^T H, B_v^T B_v
+        l_hb = np.zeros((c, (1 + views) * r))  # L^T [H | B_1 | B_2]
+        n = self.h.shape[0]
+        hb_buf = np.empty((min(block, n), (1 + views) * r), dtype=dt)
+        diff_buf = np.empty((min(block, n), r), dtype=dt)
 
         def sq(d):
             return float(np.dot(d.ravel(), d.ravel()))
 
-        for rows in _row_blocks(self.h.shape[0], block):
-            h, lab = self.h[rows].astype(np.float64), self.l[rows].astype(np.float64)
-            centre += sq(h - self.f[rows].astype(np.float64) @ u)
-            hth += h.T @ h
-            lh += lab.T @ h
-            for v, bv in enumerate(self.b):
-                b = bv[rows].astype(np.float64)
-                fit += sq(b - self.xw[v][rows])
-                align += sq(b - self.g[v][rows].astype(np.float64) @ u)
-                btb[v] += b.T @ b
-                lb[v] += lab.T @ b
-        consensus = sum(float(np.sum(hth * btb[v])) - 2 * r * float(np.sum(lb[v] * lh)) + r ** 2 * self.s_sq
-                        for v in range(len(self.b)))
+        blocks = zip(*(_float64_blocks(a, block, dtype=dt) for a in [self.l, self.f, *self.xw, *self.g]))
+        for (rows, lab), (_, f), *more in blocks:
+            xw, g = [m for _, m in more[:views]], [m for _, m in more[views:]]
+            hb = hb_buf[:rows.stop - rows.start]
+            diff = diff_buf[:hb.shape[0]]
+            for k, m in enumerate([self.h, *self.b]):
+                hb[:, k * r:(k + 1) * r] = m[rows]
+            h = hb[:, :r]
+            np.matmul(f, u, out=diff)
+            diff -= h
+            centre += sq(diff)
+            grams[0] += h.T @ h
+            for v in range(views):
+                b = hb[:, (v + 1) * r:(v + 2) * r]
+                np.subtract(b, xw[v], out=diff)
+                fit += sq(diff)
+                np.matmul(g[v], u, out=diff)
+                diff -= b
+                align += sq(diff)
+                grams[v + 1] += b.T @ b
+            l_hb += lab.T @ hb
+        lh = l_hb[:, :r]
+        consensus = sum(float(np.sum(grams[0] * grams[v + 1]))
+                        - 2 * r * float(np.sum(l_hb[:, (v + 1) * r:(v + 2) * r] * lh)) + r ** 2 * self.s_sq
+                        for v in range(views))
         total = fit + self.alpha * (align + centre) + self.beta * consensus
         return {"fit": fit, "align": align, "consensus": consensus, "centre": centre, "total": total}
 
@@ -487,7 +570,7 @@ class DCGHModel(HashModel):
 
     def encode(self, modality: str, x: np.ndarray) -> PackedCodes:
         """sgn(K(x) P_v) (Eq. 21)."""
-        return pack(sgn(self.features(modality, x) @ self.proj[modality].astype(self.hparams["dtype"])))
+        return pack(sgn(self.features(modality, x) @ self.proj[modality].astype(self.hparams["dtype"]), inplace=True))
 
     def database_codes(self, modality: str) -> PackedCodes | None:
         """The learned training codes H (official evaluation), or None with ``database="encode"``."""
