@@ -321,6 +321,27 @@ def test_rbf_blocks_and_float32_match_a_direct_computation(kernel, block):
         np.testing.assert_allclose(fitted, fitted_given, atol=tol)  # one-pass path = two-pass path
 
 
+@pytest.mark.parametrize("kernel,sigma", [("official", None), ("squared", None), ("official", 2.5)])
+def test_rbf_in_threads_is_the_serial_result(kernel, sigma):
+    x = np.random.default_rng(16).random((103, 7)).astype(np.float32) * 4
+    results = [fit_rbf(x, 13, np.random.default_rng(17), kernel=kernel, sigma=sigma, dtype=np.float32,
+                       block=8, workers=workers) for workers in (1, 2, 3, 40)]
+    for anchors, sig, feats in results[1:]:
+        np.testing.assert_array_equal(anchors, results[0][0])
+        assert sig == results[0][1]
+        np.testing.assert_array_equal(feats, results[0][2])
+
+
+@pytest.mark.parametrize("n,block,workers", [(103, 8, 2), (103, 8, 40), (16, 8, 3), (5, 8, 2), (0, 8, 2)])
+def test_row_parts_cover_the_rows_at_block_boundaries(n, block, workers):
+    from cmhash.methods.dcgh import _row_parts
+
+    parts = _row_parts(n, block, workers)
+    assert len(parts) <= max(1, workers)
+    assert [p.start for p in parts] == [0] + [p.stop for p in parts[:-1]] and parts[-1].stop == n
+    assert all(p.start % block == 0 for p in parts)
+
+
 @pytest.mark.parametrize("n,block,dtype", [(50, 8, np.float64), (50, 7, np.float32), (50, 512, np.float64)])
 def test_ridge_projection_matches_closed_form(n, block, dtype):
     rng = np.random.default_rng(6)
