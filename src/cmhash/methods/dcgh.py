@@ -331,7 +331,8 @@ def householder_q(u: np.ndarray) -> np.ndarray:
     return q * np.where(np.diag(rr) < 0, -1.0, 1.0)
 
 
-def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator, *, out: np.ndarray | None = None,
+                        overwrite_j: bool = False) -> np.ndarray:
     """argmax_B <B, J> s.t. B^T 1 = 0, B^T B = n I (Eq. 6-8), for J of shape n x r.
 
     Eigen-decompose the centred J_c^T J_c = V diag(lam) V^T; with r* eigenvalues above the
@@ -346,6 +347,9 @@ def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     folded into B = u (R^-1 sqrt(n) V^T)) when u is well conditioned, Householder otherwise.
     J^T J, Ubar and the Gram of u are computed in float64 (by row blocks); the rest, products
     of well-conditioned n-row matrices with small ones, in J's dtype (as B itself).
+
+    ``out``: an n x r array of J's dtype to write B into; ``overwrite_j``: u may take J's memory
+    (the solver's B-steps use both: two fewer n x r arrays at a time).
     """
     n, r = j.shape
     if n <= r:
@@ -357,15 +361,15 @@ def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     tol = max(RANK_TOL_ABS, RANK_TOL_REL * max(lam[0], 0.0))
     rank = int(np.sum(lam > tol))
     right = vec.T * np.sqrt(n)  # B = [Ubar | Ufill] (sqrt(n) V^T)
-    u = np.empty((n, r), dtype=dt)  # [Ubar | random fill], then centred
+    u = j if overwrite_j else np.empty((n, r), dtype=dt)  # [Ubar | random fill], then centred
     matmul_rows(j, vec[:, :rank] / np.sqrt(lam[:rank]), u[:, :rank], center=mean)  # Ubar = J_c V lam^-1/2
-    if rank < r:
-        u[:, rank:] = rng.random((n, r - rank))  # drawn in float64 whatever the dtype: the same fill
+    if rank < r:  # drawn in float64 whatever the dtype (the same fill), a row block at a time (the same
+        for rows in _row_blocks(n, ROW_BLOCK):  # numbers as one n x (r - rank) draw, without its memory)
+            u[rows, rank:] = rng.random((rows.stop - rows.start, r - rank))
     u -= u.mean(axis=0, dtype=np.float64).astype(dt)
     rinv = cholqr_rinv(u)
-    if rinv is None:
-        return householder_q(u).astype(dt) @ right.astype(dt)
-    return u @ (rinv @ right).astype(dt)
+    m = (householder_q(u).astype(dt), right.astype(dt)) if rinv is None else (u, (rinv @ right).astype(dt))
+    return np.matmul(*m) if out is None else np.matmul(*m, out=out)
 
 
 def procrustes(m: np.ndarray) -> np.ndarray:
@@ -471,7 +475,8 @@ class Solver:
         j = self.g[v] @ (self.alpha * self.u)
         j += self.xw[v]
         j += self._beta_r_sh() if sh is None else sh
-        self.b[v] = balanced_orthogonal(j, self.rng if rng is None else rng)
+        # B_v is not read by its own step: the new one is written over the old.
+        balanced_orthogonal(j, self.rng if rng is None else rng, out=self.b[v], overwrite_j=True)
 
     def _beta_r_sh(self) -> np.ndarray:
         sh = self.s_apply(self.h)
@@ -709,6 +714,7 @@ class DCGH(HashingMethod):
             prog.advance(1)
             prog.log(f"iter {it + 1}", objective=history[-1]["total"])
         h = solver.h
+        del solver  # its n-row matrices are not needed by the ridge step
         with BLAS.wide():
             proj = {m: ridge_projection(x[v], h, float(hp["lam"])) for v, m in enumerate(MODALITIES)}
         model = DCGHModel(anchors=anchors, sigma=sigma, proj=proj, train_codes=pack(h),
