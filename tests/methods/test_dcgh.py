@@ -200,6 +200,9 @@ def test_objective_matches_brute_force(block):
     s.iterate()
     s.iterate()
     assert s.objective(block=block)["total"] == pytest.approx(brute_objective(s), rel=1e-10)
+    serial = s.objective(block=block, workers=1)
+    for workers in (2, 3):  # blocks split between threads: the same sums in the same order
+        assert s.objective(block=block, workers=workers) == serial
 
 
 def test_float32_objective_matches_the_float64_computation():

@@ -543,7 +543,7 @@ class Solver:
             for done in [pool.submit(step, v) for v in range(2)]:
                 done.result()
 
-    def objective(self, *, block: int = ROW_BLOCK, dtype=None) -> dict[str, float]:
+    def objective(self, *, block: int = ROW_BLOCK, dtype=None, workers: int | None = None) -> dict[str, float]:
         """The objective of the module docstring and its terms, in O(n), over row blocks:
         fit = sum_v ||B_v - X_v W_v||^2, align = sum_v ||B_v - G_v U||^2,
         consensus = sum_v ||H B_v^T - r S||^2, centre = ||H - F U||^2.
@@ -552,41 +552,58 @@ class Solver:
         Each block of H, B_1, B_2 is copied once into one buffer [H | B_1 | B_2], so that
         L^T [H | B_1 | B_2] is one product. The products within a block are computed in
         ``dtype`` (default: the solver's, float32 or float64) and summed over blocks in float64;
-        in float32 the terms are exact to ~1e-6 relative (tested against float64), H^T H exactly."""
+        in float32 the terms are exact to ~1e-6 relative (tested against float64), H^T H exactly.
+        The blocks are split between ``workers`` threads (default: as for the B-steps) and their
+        terms summed in block order, so the result does not depend on the number of threads."""
         dt = np.dtype(self.h.dtype if dtype is None else dtype)
         u = self.u.astype(dt)
-        r, c, views = self.r, self.l.shape[1], len(self.b)
-        fit = align = centre = 0.0
-        grams = np.zeros((1 + views, r, r))  # H^T H, B_v^T B_v
-        l_hb = np.zeros((c, (1 + views) * r))  # L^T [H | B_1 | B_2]
-        n = self.h.shape[0]
-        hb_buf = np.empty((min(block, n), (1 + views) * r), dtype=dt)
-        diff_buf = np.empty((min(block, n), r), dtype=dt)
+        r, views, n = self.r, len(self.b), self.h.shape[0]
+        if workers is None:
+            workers = BLAS.workers() if n >= PARALLEL_MIN_ROWS else 1
 
         def sq(d):
             return float(np.dot(d.ravel(), d.ravel()))
 
-        blocks = zip(*(_float64_blocks(a, block, dtype=dt) for a in [self.l, self.f, *self.xw, *self.g]))
-        for (rows, lab), (_, f), *more in blocks:
-            xw, g = [m for _, m in more[:views]], [m for _, m in more[views:]]
-            hb = hb_buf[:rows.stop - rows.start]
-            diff = diff_buf[:hb.shape[0]]
-            for k, m in enumerate([self.h, *self.b]):
-                hb[:, k * r:(k + 1) * r] = m[rows]
-            h = hb[:, :r]
-            np.matmul(f, u, out=diff)
-            diff -= h
-            centre += sq(diff)
-            grams[0] += h.T @ h
-            for v in range(views):
-                b = hb[:, (v + 1) * r:(v + 2) * r]
-                np.subtract(b, xw[v], out=diff)
-                fit += sq(diff)
-                np.matmul(g[v], u, out=diff)
-                diff -= b
-                align += sq(diff)
-                grams[v + 1] += b.T @ b
-            l_hb += lab.T @ hb
+        def block_terms(part: slice) -> list[tuple]:
+            """(centre, [fit_v], [align_v], [H^T H, B_v^T B_v], L^T [H | B_1 | B_2]) per block."""
+            hb_buf = np.empty((min(block, n), (1 + views) * r), dtype=dt)
+            diff_buf = np.empty((min(block, n), r), dtype=dt)
+            arrays = [self.l, self.f, *self.xw, *self.g]
+            terms = []
+            for (rows, lab), (_, f), *more in zip(*(_float64_blocks(a[part], block, dtype=dt) for a in arrays)):
+                xw, g = [m for _, m in more[:views]], [m for _, m in more[views:]]
+                hb = hb_buf[:rows.stop - rows.start]
+                diff = diff_buf[:hb.shape[0]]
+                for k, m in enumerate([self.h, *self.b]):
+                    hb[:, k * r:(k + 1) * r] = m[part][rows]
+                h = hb[:, :r]
+                np.matmul(f, u, out=diff)
+                diff -= h
+                centre = sq(diff)
+                fit, align, grams = [], [], [h.T @ h]
+                for v in range(views):
+                    b = hb[:, (v + 1) * r:(v + 2) * r]
+                    np.subtract(b, xw[v], out=diff)
+                    fit.append(sq(diff))
+                    np.matmul(g[v], u, out=diff)
+                    diff -= b
+                    align.append(sq(diff))
+                    grams.append(b.T @ b)
+                terms.append((centre, fit, align, grams, lab.T @ hb))
+            return terms
+
+        fit = align = centre = 0.0
+        grams = np.zeros((1 + views, r, r))  # H^T H, B_v^T B_v
+        l_hb = np.zeros((self.l.shape[1], (1 + views) * r))  # L^T [H | B_1 | B_2]
+        for part in _in_threads(block_terms, _row_parts(n, block, workers)):
+            for block_centre, block_fit, block_align, block_grams, block_l_hb in part:
+                centre += block_centre
+                for v in range(views):
+                    fit += block_fit[v]
+                    align += block_align[v]
+                for k, gram in enumerate(block_grams):
+                    grams[k] += gram
+                l_hb += block_l_hb
         lh = l_hb[:, :r]
         consensus = sum(float(np.sum(grams[0] * grams[v + 1]))
                         - 2 * r * float(np.sum(l_hb[:, (v + 1) * r:(v + 2) * r] * lh)) + r ** 2 * self.s_sq
