@@ -63,6 +63,10 @@ def test_b_step_float32_input_gives_float32_b_with_the_float64_answer(rank):
     b64 = balanced_orthogonal(j.astype(np.float64), np.random.default_rng(1))
     assert b32.dtype == np.float32 and b64.dtype == np.float64
     np.testing.assert_allclose(b32, b64, atol=1e-5)  # the float64 answer to float32 rounding
+    j_copy = j.copy()
+    b_inplace = balanced_orthogonal(j_copy, np.random.default_rng(1), inplace=True)
+    assert b_inplace is j_copy
+    np.testing.assert_array_equal(b_inplace, b32)  # written over J, block by block: the same B
     np.testing.assert_allclose(b32.astype(np.float64).T @ b32, n * np.eye(r), atol=1e-3)
 
 

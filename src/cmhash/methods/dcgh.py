@@ -331,8 +331,7 @@ def householder_q(u: np.ndarray) -> np.ndarray:
     return q * np.where(np.diag(rr) < 0, -1.0, 1.0)
 
 
-def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator, *, out: np.ndarray | None = None,
-                        overwrite_j: bool = False) -> np.ndarray:
+def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator, *, inplace: bool = False) -> np.ndarray:
     """argmax_B <B, J> s.t. B^T 1 = 0, B^T B = n I (Eq. 6-8), for J of shape n x r.
 
     Eigen-decompose the centred J_c^T J_c = V diag(lam) V^T; with r* eigenvalues above the
@@ -348,8 +347,8 @@ def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator, *, out: np.ndar
     J^T J, Ubar and the Gram of u are computed in float64 (by row blocks); the rest, products
     of well-conditioned n-row matrices with small ones, in J's dtype (as B itself).
 
-    ``out``: an n x r array of J's dtype to write B into; ``overwrite_j``: u may take J's memory
-    (the solver's B-steps use both: two fewer n x r arrays at a time).
+    ``inplace``: u, then B, are written over J (a row block at a time), which is returned: the
+    solver's B-steps need no n x r array beyond the one J is assembled in.
     """
     n, r = j.shape
     if n <= r:
@@ -361,15 +360,23 @@ def balanced_orthogonal(j: np.ndarray, rng: np.random.Generator, *, out: np.ndar
     tol = max(RANK_TOL_ABS, RANK_TOL_REL * max(lam[0], 0.0))
     rank = int(np.sum(lam > tol))
     right = vec.T * np.sqrt(n)  # B = [Ubar | Ufill] (sqrt(n) V^T)
-    u = j if overwrite_j else np.empty((n, r), dtype=dt)  # [Ubar | random fill], then centred
+    u = j if inplace else np.empty((n, r), dtype=dt)  # [Ubar | random fill], then centred
     matmul_rows(j, vec[:, :rank] / np.sqrt(lam[:rank]), u[:, :rank], center=mean)  # Ubar = J_c V lam^-1/2
     if rank < r:  # drawn in float64 whatever the dtype (the same fill), a row block at a time (the same
         for rows in _row_blocks(n, ROW_BLOCK):  # numbers as one n x (r - rank) draw, without its memory)
             u[rows, rank:] = rng.random((rows.stop - rows.start, r - rank))
     u -= u.mean(axis=0, dtype=np.float64).astype(dt)
     rinv = cholqr_rinv(u)
-    m = (householder_q(u).astype(dt), right.astype(dt)) if rinv is None else (u, (rinv @ right).astype(dt))
-    return np.matmul(*m) if out is None else np.matmul(*m, out=out)
+    if rinv is None:
+        u[...] = householder_q(u)
+        m = right.astype(dt)
+    else:
+        m = (rinv @ right).astype(dt)
+    if not inplace:
+        return u @ m
+    for rows in _row_blocks(n, ROW_BLOCK):
+        u[rows] = u[rows] @ m
+    return u
 
 
 def procrustes(m: np.ndarray) -> np.ndarray:
@@ -458,38 +465,53 @@ class Solver:
         ltl = gram64(labels)
         self.s_sq = float(np.sum(ltl * ltl))  # ||L L^T||_F^2 = ||L^T L||_F^2
 
-    def s_apply(self, z: np.ndarray) -> np.ndarray:
-        """S z = L (L^T z): O(n c r), never n x n."""
-        return self.l @ (self.l.T @ z)
-
     def update_xw(self) -> None:
-        """Cache X_v W_v (used by the B-step and the objective)."""
+        """Cache X_v W_v (used by the B-step and the objective), over the previous one."""
         with BLAS.wide():
-            self.xw = [xv @ wv for xv, wv in zip(self.x, self.w)]
+            xw = getattr(self, "xw", None)
+            if xw is None or any(o.dtype != np.result_type(xv, wv) for o, xv, wv in zip(xw, self.x, self.w)):
+                self.xw = [xv @ wv for xv, wv in zip(self.x, self.w)]
+            else:
+                for xv, wv, out in zip(self.x, self.w, self.xw):
+                    np.matmul(xv, wv, out=out)
 
-    def b_step(self, v: int, sh: np.ndarray | None = None, rng: np.random.Generator | None = None) -> None:
+    def _beta_r_lth(self) -> np.ndarray:
+        """beta r L^T H (c x r): S H = L (L^T H) is then applied a row block at a time."""
+        lth = self.l.T @ self.h
+        lth *= self.beta * self.r
+        return lth
+
+    def b_step(self, v: int, lth: np.ndarray | None = None, rng: np.random.Generator | None = None) -> None:
         """Eq. 6-8: B_v = balanced-orthogonal argmax <B, X_v W_v + alpha G_v U + beta r S H>.
 
-        ``sh``: beta r S H if already computed (H is the same for both B-steps of an iteration);
-        ``rng``: the generator of the random fill (default: the solver's)."""
-        j = self.g[v] @ (self.alpha * self.u)
-        j += self.xw[v]
-        j += self._beta_r_sh() if sh is None else sh
-        # B_v is not read by its own step: the new one is written over the old.
-        balanced_orthogonal(j, self.rng if rng is None else rng, out=self.b[v], overwrite_j=True)
-
-    def _beta_r_sh(self) -> np.ndarray:
-        sh = self.s_apply(self.h)
-        sh *= self.beta * self.r
-        return sh
+        ``lth``: beta r L^T H if already computed (H is the same for both B-steps of an
+        iteration); ``rng``: the generator of the random fill (default: the solver's). J is
+        assembled a row block at a time, so that its terms need no n x r temporaries."""
+        lth = self._beta_r_lth() if lth is None else lth
+        alpha_u = self.alpha * self.u
+        j = self.b[v]  # B_v is not read by its own step: J, then the new B_v, are built over it
+        for rows in _row_blocks(j.shape[0], ROW_BLOCK):
+            jb = j[rows]
+            np.matmul(self.g[v][rows], alpha_u, out=jb)
+            jb += self.xw[v][rows]
+            jb += self.l[rows] @ lth
+        balanced_orthogonal(j, self.rng if rng is None else rng, inplace=True)
 
     def h_step(self) -> None:
-        """Eq. 11 (official form): H = sgn(alpha F U + beta r S (B_1 + B_2)), sgn(0) = +1."""
-        z = self.b[0] + self.b[1]
-        z = self.s_apply(z)
-        z *= self.beta * self.r
-        z += self.f @ (self.alpha * self.u)
-        self.h = sgn(z, inplace=True)
+        """Eq. 11 (official form): H = sgn(alpha F U + beta r S (B_1 + B_2)), sgn(0) = +1.
+
+        Written over the old H (not read by its own step), a row block at a time."""
+        n = self.h.shape[0]
+        lb = np.zeros((self.l.shape[1], self.r), dtype=self.h.dtype)  # L^T (B_1 + B_2)
+        for rows in _row_blocks(n, ROW_BLOCK):
+            lb += self.l[rows].T @ (self.b[0][rows] + self.b[1][rows])
+        lb *= self.beta * self.r
+        alpha_u = self.alpha * self.u
+        for rows in _row_blocks(n, ROW_BLOCK):
+            hb = self.h[rows]
+            np.matmul(self.f[rows], alpha_u, out=hb)
+            hb += self.l[rows] @ lb
+            sgn(hb, inplace=True)
 
     def w_step(self, v: int) -> None:
         """Eq. 13: W_v = argmax tr(W^T X_v^T B_v) over orthonormal columns (Procrustes).
@@ -519,10 +541,9 @@ class Solver:
         the other does not write), so each pair runs in two threads side by side when BLAS is
         configured for two or more (``BlasThreads.workers``); each B-step draws its random fill
         from its own generator, spawned from the solver's, so the result does not depend on that."""
-        sh = self._beta_r_sh()
+        lth = self._beta_r_lth()
         rngs = self.rng.spawn(2)
-        self._both(lambda v: self.b_step(v, sh, rngs[v]))
-        del sh
+        self._both(lambda v: self.b_step(v, lth, rngs[v]))
         self.h_step()
         for v in range(2):
             self.w_step(v)
