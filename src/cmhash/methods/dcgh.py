@@ -182,13 +182,13 @@ def _row_parts(n: int, block: int, workers: int) -> list[slice]:
     return [slice(lo, min(hi, n)) for lo, hi in zip(cuts, cuts[1:]) if lo < n] or [slice(0, n)]
 
 
-def _in_threads(fn, parts: list[slice]) -> list:
-    """[fn(part) for part in parts], one thread per part if there are several (numpy and BLAS
-    release the GIL)."""
-    if len(parts) == 1:
-        return [fn(parts[0])]
-    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="cmhash-rbf") as pool:
-        return list(pool.map(fn, parts))
+def _in_threads(fn, items: list) -> list:
+    """[fn(item) for item in items], one thread per item if there are several (numpy and BLAS
+    release the GIL; inside ``BLAS.small`` each thread's BLAS calls run on one BLAS thread)."""
+    if len(items) == 1:
+        return [fn(items[0])]
+    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="cmhash-dcgh") as pool:
+        return list(pool.map(fn, items))
 
 
 def rbf_features(x: np.ndarray, anchors: np.ndarray, sigma: float, *, kernel: str = "official",
@@ -553,16 +553,13 @@ class Solver:
         self.f_step()
 
     def _both(self, step) -> None:
-        """step(0) and step(1), in two threads if BLAS has two or more and there are at least
-        ``PARALLEL_MIN_ROWS`` items (numpy and BLAS release the GIL; each thread's BLAS calls run
-        on one thread inside ``BLAS.small``)."""
-        if BLAS.workers() < 2 or self.h.shape[0] < PARALLEL_MIN_ROWS:
+        """step(0) and step(1): in two threads if BLAS has two or more and there are at least
+        ``PARALLEL_MIN_ROWS`` items, else in turn."""
+        if BLAS.workers() >= 2 and self.h.shape[0] >= PARALLEL_MIN_ROWS:
+            _in_threads(step, [0, 1])
+        else:
             step(0)
             step(1)
-            return
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="cmhash-dcgh") as pool:
-            for done in [pool.submit(step, v) for v in range(2)]:
-                done.result()
 
     def objective(self, *, block: int = ROW_BLOCK, dtype=None, workers: int | None = None) -> dict[str, float]:
         """The objective of the module docstring and its terms, in O(n), over row blocks:
