@@ -30,13 +30,16 @@ Where this differs from the official code, on purpose:
 - S = L L^T is never formed: S x is computed as L (L^T x), so memory and time are linear in n.
 
 How it is computed (the same maths, arranged for speed; docs/dcgh.md, "Speed"): the RBF
-features in one pass over cache-sized row blocks; the re-orthonormalisation of the B-step by
-Cholesky QR (Householder when Ubar is not well conditioned); each Procrustes step from the
-small M^T M (the SVD only when M is rank-deficient or ill-conditioned); the ridge Gram by BLAS
-syrk in float64; the objective from small float64 Grams in one blocked pass; BLAS single-threaded
-except for the n x a products (``BlasThreads``). ``dtype="float32"`` (the default) stores the
-features and the n-row matrices in float32; Grams, J^T J and Ubar of the B-step, the ridge system
-and the objective are float64 either way.
+features in one pass over cache-sized row blocks; the re-orthonormalisation of the B-step and
+its random fill by one Cholesky QR of [Ubar | fill] (Householder when that is not well
+conditioned); each Procrustes step from the small M^T M (the SVD only when M is rank-deficient
+or ill-conditioned); the ridge Gram, with X^T H beside it, by BLAS syrk in float64; the objective
+from small Grams in one blocked pass; the B-, H- and X W updates over their previous values;
+BLAS single-threaded except for the n x a products (``BlasThreads``), and from 8,192 items the
+RBF row blocks, the objective's row blocks and the two B- and G-steps of an iteration in two
+threads (the same results for any number of threads). ``dtype="float32"`` (the default) stores
+the features and the n-row matrices in float32; the Grams, J^T J and Ubar of the B-step and the
+ridge system are float64 either way, and the objective is summed over blocks in float64.
 - sgn(0) = +1 (PROTOCOL.md); the official ``sgn`` maps 0 to -1.
 
 The H-step counts the centre term alpha ||H - F U||^2 once (as the official H-step does), so
@@ -263,7 +266,7 @@ def fit_rbf(x: np.ndarray, n_anchors: int, rng: np.random.Generator, *, kernel: 
 ROW_BLOCK = 4096  # rows per block of the n-row float64 passes (a block of 64 columns: 2 MB)
 
 
-def _float64_blocks(a: np.ndarray, block: int, center: np.ndarray | None = None, *, dtype=np.float64):
+def _converted_blocks(a: np.ndarray, block: int, center: np.ndarray | None = None, *, dtype=np.float64):
     """(rows, copy of a[rows] minus center, in ``dtype``) for consecutive row blocks of ``a``,
     through one reused buffer (a plain copy into it, then an in-place subtraction: both much
     faster than a mixed-dtype subtraction or a fresh ``astype`` per block). Where ``a`` is
@@ -287,8 +290,8 @@ def gram64(a: np.ndarray, b: np.ndarray | None = None, *, center: np.ndarray | N
     small matrices from n-row ones without an n-row float64 copy (the symmetric case through
     numpy's A^T A product, which BLAS computes as a rank-k update, syrk)."""
     out = np.zeros((a.shape[1], (a if b is None else b).shape[1]))
-    b_blocks = None if b is None else _float64_blocks(b, block)
-    for rows, ab in _float64_blocks(a, block, center):
+    b_blocks = None if b is None else _converted_blocks(b, block)
+    for rows, ab in _converted_blocks(a, block, center):
         out += ab.T @ (ab if b_blocks is None else next(b_blocks)[1])
     return out
 
@@ -298,7 +301,7 @@ def matmul_rows(a: np.ndarray, m: np.ndarray, out: np.ndarray, *, center: np.nda
     """out = (a - center) m, computed in float64 block by block and stored in out's dtype.
 
     ``out`` may be ``a`` itself (each block is read before it is written)."""
-    for rows, ab in _float64_blocks(a, block, center):
+    for rows, ab in _converted_blocks(a, block, center):
         out[rows] = ab @ m
     return out
 
@@ -588,7 +591,7 @@ class Solver:
             diff_buf = np.empty((min(block, n), r), dtype=dt)
             arrays = [self.l, self.f, *self.xw, *self.g]
             terms = []
-            for (rows, lab), (_, f), *more in zip(*(_float64_blocks(a[part], block, dtype=dt) for a in arrays)):
+            for (rows, lab), (_, f), *more in zip(*(_converted_blocks(a[part], block, dtype=dt) for a in arrays)):
                 xw, g = [m for _, m in more[:views]], [m for _, m in more[views:]]
                 hb = hb_buf[:rows.stop - rows.start]
                 diff = diff_buf[:hb.shape[0]]
