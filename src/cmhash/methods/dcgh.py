@@ -73,7 +73,7 @@ RANK_TOL_ABS = 1e-5  # the official code's eigenvalue cut-off in the B-step
 RANK_TOL_REL = 1e-13
 CHOLQR_MAX_COND = 1e2  # cond(U^T U) up to which Cholesky QR is used (orthogonality ~ cond * eps)
 POLAR_MAX_COND = 1e7  # cond(M^T M) up to which the polar factor is taken from M^T M
-# Items from which the two B-steps (and G-steps) of an iteration run in two threads. Measured on
+# Items from which the two B-steps (and G-steps) of an iteration run in two threads. Scratch timing on
 # 2 cores, fit at 64 bits, threads vs in turn: 1.07 vs 1.01 s on WIKI (2,173 items), equal at
 # 5,000 synthetic items, 3.17 vs 3.30 s at 10,000, 7.54 vs 8.16 s at 25,000 (docs/dcgh.md).
 PARALLEL_MIN_ROWS = 8192
