@@ -131,6 +131,12 @@ class BlasThreads:
 BLAS = BlasThreads()
 
 
+def threads_for(n: int) -> int:
+    """Threads for the row-parallel parts of a fit on n items: the configured BLAS thread count
+    (``BlasThreads.workers``) from ``PARALLEL_MIN_ROWS`` items, else 1."""
+    return BLAS.workers() if n >= PARALLEL_MIN_ROWS else 1
+
+
 # ------------------------------------------------------------------------- RBF features
 def _row_blocks(n: int, block: int):
     """Slices of ``block`` consecutive rows covering range(n)."""
@@ -558,7 +564,7 @@ class Solver:
     def _both(self, step) -> None:
         """step(0) and step(1): in two threads if BLAS has two or more and there are at least
         ``PARALLEL_MIN_ROWS`` items, else in turn."""
-        if BLAS.workers() >= 2 and self.h.shape[0] >= PARALLEL_MIN_ROWS:
+        if threads_for(self.h.shape[0]) >= 2:
             _in_threads(step, [0, 1])
         else:
             step(0)
@@ -580,7 +586,7 @@ class Solver:
         u = self.u.astype(dt)
         r, views, n = self.r, len(self.b), self.h.shape[0]
         if workers is None:
-            workers = BLAS.workers() if n >= PARALLEL_MIN_ROWS else 1
+            workers = threads_for(n)
 
         def sq(d):
             return float(np.dot(d.ravel(), d.ravel()))
@@ -735,7 +741,7 @@ class DCGH(HashingMethod):
         # Many items: the RBF row blocks are split between threads with one BLAS thread each
         # (5.3 against 6.1 s for 184,000 x 1,000-d text with two BLAS threads on each block);
         # few: each block's product gets the BLAS threads.
-        threads = BLAS.workers() if len(train) >= PARALLEL_MIN_ROWS else 1
+        threads = threads_for(len(train))
         for m in MODALITIES:
             with BLAS.wide() if threads == 1 else nullcontext():
                 anchors[m], sigma[m], xm = fit_rbf(train.features(m), hp["n_anchors"], rng, kernel=hp["kernel"],
