@@ -400,28 +400,10 @@ def index_build(
     console.print(f"wrote {out}: {len(index)} {modality} codes of {index.nbits} bits ({data.name}, {hash_model.method})")
 
 
-@app.command("serve")
-def serve_cmd(
-    model: str = typer.Option(..., help="saved model file, or a folder holding model.npz"),
-    index: str = typer.Option(..., help="index file written by `cmhash index build`"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on"),
-    port: int = typer.Option(8000, help="port to listen on (0: any free port)"),
-) -> None:
-    """Serve /health, /info, /encode and /search over HTTP until interrupted."""
-    from cmhash.serve import load_service, make_server
+# serve / search / encode live in cmhash/serve/cli.py (the HTTP parts import only when they run)
+from cmhash.serve.cli import register as _register_service_commands  # noqa: E402
 
-    try:
-        server = make_server(load_service(model, index), host, port)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        fail(str(exc))
-    bound_host, bound_port = server.server_address[:2]
-    console.print(f"serving {index} on http://{bound_host}:{bound_port} (Ctrl-C to stop)")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+_register_service_commands(app)
 
 
 def _parse_ints(text: str, name: str) -> list[int]:
