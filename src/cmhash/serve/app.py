@@ -90,6 +90,8 @@ def create_app(service: SearchService, api_keys: ApiKeys | None = None) -> "Guar
         return parse_json(await request.body(), limits.max_json_depth)
 
     async def call(request: Request, scope: str, method: Any, *args: Any) -> Response:
+        if scope == "write" or request.url.path.startswith("/items/"):
+            service.require_store()  # a read-only service says so before asking for a key
         authorize(request, scope)
         if request.method == "POST":
             args = (await body_of(request), *args)
@@ -178,7 +180,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        state = {"status": 0, "started": False, "body_done": False, "received": 0}
+        state = {"status": 0, "started": False, "body_done": False, "received": 0, "guard_replied": False}
         max_body = self.limits.max_body_bytes
 
         async def guarded_receive() -> dict:
@@ -186,12 +188,15 @@ class Guard:
             if message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
                 if state["received"] > max_body:
+                    await fail(413, "too_large", f"request body over {max_body} bytes")
                     raise _BodyTooLarge
                 if not message.get("more_body", False):
                     state["body_done"] = True
             return message
 
         async def guarded_send(message: dict) -> None:
+            if state["guard_replied"]:
+                return  # the guard has answered; whatever the app sends after is dropped
             if message["type"] == "http.response.start":
                 state["started"] = True
                 state["status"] = message["status"]
@@ -200,11 +205,12 @@ class Guard:
         async def fail(status: int, code: str, message: str) -> None:
             if state["started"]:
                 return  # too late for an error reply: the server closes the connection
-            headers = [(b"content-type", b"application/json")]
+            data = json.dumps(error_body(status, code, message)).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
             if status in (408, 413):
                 headers.append((b"connection", b"close"))
-            data = json.dumps(error_body(status, code, message)).encode()
             await guarded_send({"type": "http.response.start", "status": status, "headers": headers})
+            state["guard_replied"] = True
             await send({"type": "http.response.body", "body": data})
 
         length = dict(scope["headers"]).get(b"content-length")
@@ -214,7 +220,7 @@ class Guard:
             else:
                 await asyncio.wait_for(self.app(scope, guarded_receive, guarded_send), self.limits.request_timeout)
         except _BodyTooLarge:
-            await fail(413, "too_large", f"request body over {max_body} bytes")
+            pass  # answered 413 by guarded_receive
         except (asyncio.TimeoutError, TimeoutError):
             if state["body_done"] or scope["method"] in ("GET", "HEAD", "DELETE"):
                 await fail(503, "timeout", f"the request took over {self.limits.request_timeout} s")

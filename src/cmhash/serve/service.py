@@ -245,7 +245,7 @@ class SearchService:
     # ---------------------------------------------------------------- items
     def put_items(self, request: Any) -> dict[str, Any]:
         """Add (or with ``"upsert": true`` add or replace) a batch of items, durably."""
-        store = self._require_store()
+        store = self.require_store()
         req = _object(request, {"items", "upsert"})
         upsert = req.get("upsert", False)
         if not isinstance(upsert, bool):
@@ -263,7 +263,7 @@ class SearchService:
 
     def delete_items(self, request: Any) -> dict[str, Any]:
         """Delete a batch of ids, durably; unknown ids are ignored (``removed`` counts the known ones)."""
-        store = self._require_store()
+        store = self.require_store()
         req = _object(request, {"ids"})
         ids = _rows(req.get("ids"), "ids", self.limits.max_items)
         for item_id in ids:
@@ -281,7 +281,7 @@ class SearchService:
         return {"removed": 1}
 
     def get_item(self, raw_id: str) -> dict[str, Any]:
-        store = self._require_store()
+        store = self.require_store()
         item_id = self._path_id(raw_id)
         (item,) = store.get([item_id])
         if item is None:
@@ -337,14 +337,14 @@ class SearchService:
         finally:
             self._heavy.release()
 
-    def _require_store(self) -> ItemStore:
+    def require_store(self) -> ItemStore:
         if self.store is None:
             raise ServiceError(405, "read_only", "this service is read-only (started with --index); "
                                                  "start it with --store for items")
         return self.store
 
     def _path_id(self, raw: str) -> int | str:
-        kind = self._require_store().id_kind
+        kind = self.require_store().id_kind
         if kind == "int":
             try:
                 return int(raw)
