@@ -23,10 +23,10 @@ def brute_topk(db: np.ndarray, query: np.ndarray, ids: list, k: int):
     return [[ids[j] for j in row] for row in order], np.take_along_axis(d, order, axis=1), nbits
 
 
-@pytest.mark.parametrize("nbits", [12, 24, 72])
-def test_mutable_index_matches_brute_force_after_adds_upserts_and_removes(nbits):
+@pytest.mark.parametrize("nbits, compact_after", [(12, 1), (24, 7), (72, 10**9), (24, 10**9)])
+def test_mutable_index_matches_brute_force_after_adds_upserts_and_removes(nbits, compact_after):
     rng = np.random.default_rng(nbits)
-    index = MutableHammingIndex(nbits)
+    index = MutableHammingIndex(nbits, compact_after=compact_after)
     rows: dict = {}  # id -> (code row {-1,+1}, payload), in insertion order (dicts keep it)
     next_id = 0
     for step in range(40):
@@ -59,6 +59,10 @@ def test_mutable_index_matches_brute_force_after_adds_upserts_and_removes(nbits)
         want_ids, want_d, _ = brute_topk(db, query, ids, 7)
         got_ids, got_d = index.search(query, 7)
         assert got_ids.tolist() == want_ids and got_d.tolist() == want_d.tolist()
+        radius = nbits // 2
+        for (got_i, got_r), want_i, want_r in zip(index.range_search(query, radius), *brute_topk(db, query, ids, len(ids))[:2]):
+            keep = [j for j, d in enumerate(want_r) if d <= radius]
+            assert got_i.tolist() == [want_i[j] for j in keep] and got_r.tolist() == [int(want_r[j]) for j in keep]
         assert len(index) == len(rows)
     ids = list(rows)
     assert index.payloads(ids[:3] + ["nope"]) == [rows[i][1] for i in ids[:3]] + [None]

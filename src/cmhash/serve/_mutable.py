@@ -1,11 +1,13 @@
 """An in-memory index with ids, payloads, upsert and remove, over :class:`HammingIndex`.
 
 Implements the ``Index`` protocol of INDEX_INTERFACE.md (add / upsert / remove / get / payloads /
-search / range_search) for the service's in-memory backend, by composition: ``HammingIndex`` keeps
-the codes and runs the scans; this class keeps an id -> position map and the payloads. ``remove``
-rebuilds the scan arrays from the rows that remain, in their order (a stable compaction, so the
-ranking rule "distance, then insertion order" holds for what remains): O(n) per write, which at the
-service's scale (1e5-1e6 rows) is a copy of a few MB.
+search / range_search) for the service's in-memory backend, by composition. ``HammingIndex`` keeps
+the codes and runs the scans; each row there carries a private *serial* number (never reused), and
+this class maps live serials to (id, payload). ``remove`` only forgets a serial (a tombstone): the
+row stays in the scan arrays until ``compact_after`` rows are dead, then the live rows are copied
+in their order (a stable compaction). A search asks the scan for ``k + dead`` rows and drops the
+dead ones, so results follow the ranking rule exactly: distance, then insertion order of what
+remains. A write therefore costs O(1) amortised O(n / compact_after), not a copy of the index.
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ from cmhash.index import HammingIndex
 class MutableHammingIndex:
     """Exact Hamming search over ``nbits``-bit codes, each item with an id and an optional payload."""
 
-    def __init__(self, nbits: int, *, backend: str = "auto", info: dict[str, Any] | None = None):
+    def __init__(self, nbits: int, *, backend: str = "auto", info: dict[str, Any] | None = None,
+                 compact_after: int = 256):
         self._backend = backend
         self._index = HammingIndex(nbits, backend=backend, info=info)
-        self._pos: dict[Any, int] = {}
-        self._payloads: list[dict | None] = []
+        self._serial_of: dict[Any, int] = {}          # id -> serial of its live row
+        self._live: dict[int, tuple[Any, Any]] = {}   # serial -> (id, payload)
+        self._next = 0
+        self._dead = 0
+        self.compact_after = int(compact_after)
 
     @property
     def nbits(self) -> int:
@@ -42,7 +48,7 @@ class MutableHammingIndex:
         return self._index.info
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._live)
 
     def __repr__(self) -> str:
         return f"MutableHammingIndex(n={len(self)}, nbits={self.nbits}, kernel={self.kernel!r})"
@@ -50,22 +56,24 @@ class MutableHammingIndex:
     # ---------------------------------------------------------------- writes
     def add(self, codes: CodesLike, ids: Any = None, payloads: Sequence[dict | None] | None = None) -> None:
         """Append items; an id already present is a ValueError naming it."""
-        packed = as_packed(codes, name="codes")
+        packed = self._check_codes(codes)
         ids = self._ids(ids, len(packed))
         payloads = self._check_payloads(payloads, len(ids))
-        clash = [i for i in ids if i in self._pos]
+        clash = [i for i in ids if i in self._serial_of]
         if clash:
             raise ValueError(f"ids already in the index: {clash[:5]}")
         if not ids:
             return
-        self._index.add(packed, np.asarray(ids))
-        start = len(self._payloads)
-        self._pos.update((item_id, start + j) for j, item_id in enumerate(ids))
-        self._payloads.extend(payloads)
+        serials = np.arange(self._next, self._next + len(ids), dtype=np.int64)
+        self._index.add(packed, serials)
+        self._next += len(ids)
+        for s, item_id, payload in zip(serials.tolist(), ids, payloads):
+            self._serial_of[item_id] = s
+            self._live[s] = (item_id, payload)
 
     def upsert(self, codes: CodesLike, ids: Any, payloads: Sequence[dict | None] | None = None) -> None:
         """Replace existing ids (they move to the end, in the given order) and append new ones."""
-        packed = as_packed(codes, name="codes")
+        packed = self._check_codes(codes)
         ids = self._ids(ids, len(packed))
         payloads = self._check_payloads(payloads, len(ids))
         self.remove(ids)
@@ -73,36 +81,71 @@ class MutableHammingIndex:
 
     def remove(self, ids: Any) -> int:
         """Remove ``ids`` (unknown ids are ignored); the rest keep their relative order."""
-        gone = sorted({self._pos[i] for i in _as_list(ids) if i in self._pos})
-        if not gone:
-            return 0
-        keep = np.ones(len(self), dtype=bool)
-        keep[gone] = False
-        codes = self._index.codes.data[keep]
-        kept_ids = [i for i, k in zip(self._index.ids.tolist(), keep) if k]
-        payloads = [p for p, k in zip(self._payloads, keep) if k]
-        self._index = HammingIndex(self.nbits, backend=self._backend, info=self._index.info)
-        self._pos, self._payloads = {}, []
-        self.add(PackedCodes(codes, self.nbits), kept_ids, payloads)
-        return len(gone)
+        removed = 0
+        for item_id in _as_list(ids):
+            s = self._serial_of.pop(item_id, None)
+            if s is not None:
+                del self._live[s]
+                removed += 1
+        self._dead += removed
+        if self._dead >= self.compact_after:
+            self.compact()
+        return removed
+
+    def compact(self) -> None:
+        """Drop the dead rows from the scan arrays (the live ones keep their order)."""
+        if not self._dead:
+            return
+        serials = self._index.ids
+        keep = np.fromiter((s in self._live for s in serials.tolist()), dtype=bool, count=len(serials))
+        fresh = HammingIndex(self.nbits, backend=self._backend, info=self._index.info)
+        fresh.add(PackedCodes(self._index.codes.data[keep], self.nbits), serials[keep])
+        self._index, self._dead = fresh, 0
 
     # ----------------------------------------------------------------- reads
     def get(self, ids: Any) -> list[dict | None]:
-        codes = self._index.codes.data
         out: list[dict | None] = []
         for item_id in _as_list(ids):
-            pos = self._pos.get(item_id)
-            out.append(None if pos is None else {"id": item_id, "code": codes[pos].copy(), "payload": self._payloads[pos]})
+            s = self._serial_of.get(item_id)
+            if s is None:
+                out.append(None)
+                continue
+            pos = int(np.searchsorted(self._index.ids, s))  # serials increase along the rows
+            out.append({"id": item_id, "code": self._index.codes.data[pos].copy(), "payload": self._live[s][1]})
         return out
 
     def payloads(self, ids: Any) -> list[dict | None]:
-        return [self._payloads[self._pos[i]] if i in self._pos else None for i in _as_list(ids)]
+        out = []
+        for item_id in _as_list(ids):
+            s = self._serial_of.get(item_id)
+            out.append(None if s is None else self._live[s][1])
+        return out
 
     def search(self, query_codes: CodesLike, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._index.search(query_codes, k)
+        """The ``k`` nearest live items per query: (ids, distances), ranked by distance then insertion order."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = min(int(k), len(self))
+        serials, dist = self._index.search(query_codes, k + self._dead) if len(self._index) else \
+            self._index.search(query_codes, 1)
+        ids = np.empty((len(serials), k), dtype=self._id_dtype())
+        out_d = np.empty((len(serials), k), dtype=np.uint16)
+        for q in range(len(serials)):
+            row_s, row_d = serials[q], dist[q]
+            if self._dead:
+                alive = np.fromiter((s in self._live for s in row_s.tolist()), dtype=bool, count=len(row_s))
+                row_s, row_d = row_s[alive][:k], row_d[alive][:k]
+            ids[q] = [self._live[s][0] for s in row_s[:k].tolist()]
+            out_d[q] = row_d[:k]
+        return ids, out_d
 
     def range_search(self, query_codes: CodesLike, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return self._index.range_search(query_codes, radius)
+        out = []
+        for serials, dist in self._index.range_search(query_codes, radius):
+            alive = [(self._live[s][0], d) for s, d in zip(serials.tolist(), dist.tolist()) if s in self._live]
+            out.append((np.array([a[0] for a in alive], dtype=self._id_dtype()),
+                        np.array([a[1] for a in alive], dtype=np.uint16)))
+        return out
 
     def save(self, path: str | Path) -> Path | None:
         return None  # the service's durable copy is its SQLite store
@@ -111,6 +154,16 @@ class MutableHammingIndex:
         pass
 
     # --------------------------------------------------------------- checks
+    def _id_dtype(self) -> Any:
+        first = next(iter(self._serial_of), None)
+        return object if isinstance(first, str) else np.int64
+
+    def _check_codes(self, codes: CodesLike) -> PackedCodes:
+        packed = as_packed(codes, name="codes")
+        if packed.nbits != self.nbits:
+            raise ValueError(f"codes have {packed.nbits} bits but the index holds {self.nbits}-bit codes")
+        return packed
+
     @staticmethod
     def _ids(ids: Any, m: int) -> list:
         if ids is None:
@@ -120,6 +173,9 @@ class MutableHammingIndex:
             raise ValueError(f"ids: {len(ids)} ids for {m} codes")
         if len(set(ids)) != len(ids):
             raise ValueError("ids must be unique within one call")
+        kinds = {isinstance(i, str) for i in ids}
+        if any(isinstance(i, bool) or not isinstance(i, (int, str)) for i in ids) or len(kinds) > 1:
+            raise ValueError("ids must be all integers or all strings")
         return ids
 
     @staticmethod

@@ -132,7 +132,8 @@ class SearchService:
         self.store = store
         self.limits = limits if limits is not None else Limits(**limit_values)
         self.started = time.time()
-        self._lock = ReadWriteLock()  # searches share; a write (store commit + index update) is alone
+        self._lock = ReadWriteLock()  # searches share the indexes; an index update is alone
+        self._writer = threading.Lock()  # one write (store commit, then index update) at a time
         self._encode_lock = threading.Lock()  # models are not promised to be thread-safe
         self._heavy = threading.BoundedSemaphore(self.limits.max_heavy)
 
@@ -242,6 +243,15 @@ class SearchService:
                     hits = self._radius(index, query, radius)
                 return {"results": [self._hit(index, i, d, with_payloads) for i, d in hits]}
 
+    def is_light(self, request: Any) -> bool:
+        """Whether a search request is small enough to answer on the event loop: top-k by codes
+        (no model call, which may wait for the encode lock), few queries, few hits."""
+        if not isinstance(request, dict) or "k" not in request or "radius" in request or "features" in request:
+            return False
+        rows, k = request.get("codes"), request["k"]
+        return (isinstance(rows, list) and isinstance(k, int) and len(rows) <= 16
+                and len(rows) * k <= self.limits.heavy_results)
+
     # ---------------------------------------------------------------- items
     def put_items(self, request: Any) -> dict[str, Any]:
         """Add (or with ``"upsert": true`` add or replace) a batch of items, durably."""
@@ -252,13 +262,16 @@ class SearchService:
             raise bad_request(f"'upsert' must be true or false, got {upsert!r}")
         raw = _rows(req.get("items"), "items", self.limits.max_items)
         items = self._items(raw)
-        with self._heavy_if(len(items) > 64), self._lock.write():
+        # Writers go one at a time (the store's order is the indexes' order); the commit and its
+        # fsync run outside the index lock, so searches wait only for the in-memory update.
+        with self._heavy_if(len(items) > 64), self._writer:
             try:
                 added, replaced = store.write(items, upsert=upsert)
             except ValueError as exc:
                 status, code = (409, "conflict") if "already stored" in str(exc) else (422, "invalid_request")
                 raise ServiceError(status, code, str(exc)) from None
-            self._apply(items, upsert=upsert)
+            with self._lock.write():
+                self._apply(items, upsert=upsert)
         return {"added": added, "replaced": replaced}
 
     def delete_items(self, request: Any) -> dict[str, Any]:
@@ -268,10 +281,11 @@ class SearchService:
         ids = _rows(req.get("ids"), "ids", self.limits.max_items)
         for item_id in ids:
             _check_id(item_id)
-        with self._lock.write():
+        with self._writer:
             removed = store.delete(ids)
-            for ix in self.indexes.values():
-                ix.remove(removed)
+            with self._lock.write():
+                for ix in self.indexes.values():
+                    ix.remove(removed)
         return {"removed": len(removed)}
 
     def delete_item(self, raw_id: str) -> dict[str, Any]:
