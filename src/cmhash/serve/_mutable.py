@@ -3,9 +3,10 @@
 Implements the ``Index`` protocol of INDEX_INTERFACE.md (add / upsert / remove / get / payloads /
 search / range_search) for the service's in-memory backend, by composition. ``HammingIndex`` keeps
 the codes and runs the scans; each row there carries a private *serial* number (never reused), and
-this class maps live serials to (id, payload). ``remove`` only forgets a serial (a tombstone): the
+this class maps live serials to (id, payload). ``remove`` only marks a serial dead (a tombstone): the
 row stays in the scan arrays until ``compact_after`` rows are dead, then the live rows are copied
-in their order (a stable compaction). A search asks the scan for ``k + dead`` rows and drops the
+in their order and renumbered (a stable compaction). Ids and payloads sit in numpy object arrays
+indexed by serial, so mapping a result block back to ids and payloads is vectorised. A search asks the scan for ``k + dead`` rows and drops the
 dead ones, so results follow the ranking rule exactly: distance, then insertion order of what
 remains. A write therefore costs O(1) amortised O(n / compact_after), not a copy of the index.
 """
@@ -29,8 +30,11 @@ class MutableHammingIndex:
                  compact_after: int = 256):
         self._backend = backend
         self._index = HammingIndex(nbits, backend=backend, info=info)
-        self._serial_of: dict[Any, int] = {}          # id -> serial of its live row
-        self._live: dict[int, tuple[Any, Any]] = {}   # serial -> (id, payload)
+        self._serial_of: dict[Any, int] = {}  # id -> serial of its live row
+        # Per serial (grown by doubling): its id, its payload, and whether it is live.
+        self._id_at = np.empty(0, dtype=object)
+        self._payload_at = np.empty(0, dtype=object)
+        self._alive = np.zeros(0, dtype=bool)
         self._next = 0
         self._dead = 0
         self.compact_after = int(compact_after)
@@ -48,7 +52,7 @@ class MutableHammingIndex:
         return self._index.info
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self._serial_of)
 
     def __repr__(self) -> str:
         return f"MutableHammingIndex(n={len(self)}, nbits={self.nbits}, kernel={self.kernel!r})"
@@ -64,12 +68,22 @@ class MutableHammingIndex:
             raise ValueError(f"ids already in the index: {clash[:5]}")
         if not ids:
             return
-        serials = np.arange(self._next, self._next + len(ids), dtype=np.int64)
-        self._index.add(packed, serials)
-        self._next += len(ids)
-        for s, item_id, payload in zip(serials.tolist(), ids, payloads):
-            self._serial_of[item_id] = s
-            self._live[s] = (item_id, payload)
+        start, stop = self._next, self._next + len(ids)
+        if stop > len(self._alive):
+            self._grow(max(stop, 2 * len(self._alive), 1024))
+        self._index.add(packed, np.arange(start, stop, dtype=np.int64))
+        self._next = stop
+        self._id_at[start:stop] = _object_array(ids)
+        self._payload_at[start:stop] = _object_array(payloads)
+        self._alive[start:stop] = True
+        self._serial_of.update(zip(ids, range(start, stop)))
+
+    def _grow(self, capacity: int) -> None:
+        for name in ("_id_at", "_payload_at", "_alive"):
+            old = getattr(self, name)
+            new = np.zeros(capacity, dtype=old.dtype) if old.dtype == bool else np.empty(capacity, dtype=object)
+            new[: len(old)] = old
+            setattr(self, name, new)
 
     def upsert(self, codes: CodesLike, ids: Any, payloads: Sequence[dict | None] | None = None) -> None:
         """Replace existing ids (they move to the end, in the given order) and append new ones."""
@@ -85,7 +99,8 @@ class MutableHammingIndex:
         for item_id in _as_list(ids):
             s = self._serial_of.pop(item_id, None)
             if s is not None:
-                del self._live[s]
+                self._alive[s] = False
+                self._payload_at[s] = None
                 removed += 1
         self._dead += removed
         if self._dead >= self.compact_after:
@@ -97,10 +112,11 @@ class MutableHammingIndex:
         if not self._dead:
             return
         serials = self._index.ids
-        keep = np.fromiter((s in self._live for s in serials.tolist()), dtype=bool, count=len(serials))
-        fresh = HammingIndex(self.nbits, backend=self._backend, info=self._index.info)
-        fresh.add(PackedCodes(self._index.codes.data[keep], self.nbits), serials[keep])
-        self._index, self._dead = fresh, 0
+        live = serials[self._alive[serials]]
+        codes = PackedCodes(self._index.codes.data[self._alive[serials]], self.nbits)
+        ids, payloads = self._id_at[live].tolist(), self._payload_at[live].tolist()
+        self.__init__(self.nbits, backend=self._backend, info=self._index.info, compact_after=self.compact_after)
+        self.add(codes, ids, payloads)  # renumbered: serials 0..n-1 in the same order
 
     # ----------------------------------------------------------------- reads
     def get(self, ids: Any) -> list[dict | None]:
@@ -111,15 +127,15 @@ class MutableHammingIndex:
                 out.append(None)
                 continue
             pos = int(np.searchsorted(self._index.ids, s))  # serials increase along the rows
-            out.append({"id": item_id, "code": self._index.codes.data[pos].copy(), "payload": self._live[s][1]})
+            out.append({"id": item_id, "code": self._index.codes.data[pos].copy(), "payload": self._payload_at[s]})
         return out
 
     def payloads(self, ids: Any) -> list[dict | None]:
-        out = []
-        for item_id in _as_list(ids):
-            s = self._serial_of.get(item_id)
-            out.append(None if s is None else self._live[s][1])
-        return out
+        get = self._serial_of.get
+        serials = np.array([get(i, -1) for i in _as_list(ids)], dtype=np.int64)
+        out = self._payload_at[np.maximum(serials, 0)] if len(self._payload_at) else np.full(len(serials), None)
+        out[serials < 0] = None
+        return out.tolist()
 
     def search(self, query_codes: CodesLike, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest live items per query: (ids, distances), ranked by distance then insertion order."""
@@ -128,24 +144,26 @@ class MutableHammingIndex:
         k = min(int(k), len(self))
         serials, dist = self._index.search(query_codes, k + self._dead) if len(self._index) else \
             self._index.search(query_codes, 1)
-        ids = np.empty((len(serials), k), dtype=self._id_dtype())
-        out_d = np.empty((len(serials), k), dtype=np.uint16)
-        for q in range(len(serials)):
-            row_s, row_d = serials[q], dist[q]
-            if self._dead:
-                alive = np.fromiter((s in self._live for s in row_s.tolist()), dtype=bool, count=len(row_s))
-                row_s, row_d = row_s[alive][:k], row_d[alive][:k]
-            ids[q] = [self._live[s][0] for s in row_s[:k].tolist()]
-            out_d[q] = row_d[:k]
-        return ids, out_d
+        if self._dead:  # drop dead rows, keep the first k live ones of each row (order unchanged)
+            alive = self._alive[serials]
+            first = np.argsort(~alive, axis=1, kind="stable")[:, :k]
+            serials, dist = np.take_along_axis(serials, first, 1), np.take_along_axis(dist, first, 1)
+        else:
+            serials, dist = serials[:, :k], dist[:, :k]
+        return self._ids_of(serials), dist
 
     def range_search(self, query_codes: CodesLike, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
         out = []
         for serials, dist in self._index.range_search(query_codes, radius):
-            alive = [(self._live[s][0], d) for s, d in zip(serials.tolist(), dist.tolist()) if s in self._live]
-            out.append((np.array([a[0] for a in alive], dtype=self._id_dtype()),
-                        np.array([a[1] for a in alive], dtype=np.uint16)))
+            alive = self._alive[serials]
+            out.append((self._ids_of(serials[alive]), dist[alive]))
         return out
+
+    def _ids_of(self, serials: np.ndarray) -> np.ndarray:
+        ids = self._id_at[serials]
+        if ids.size and not isinstance(ids.flat[0], str):
+            return ids.astype(np.int64)
+        return ids if ids.size else ids.astype(np.int64)
 
     def save(self, path: str | Path) -> Path | None:
         return None  # the service's durable copy is its SQLite store
@@ -154,10 +172,6 @@ class MutableHammingIndex:
         pass
 
     # --------------------------------------------------------------- checks
-    def _id_dtype(self) -> Any:
-        first = next(iter(self._serial_of), None)
-        return object if isinstance(first, str) else np.int64
-
     def _check_codes(self, codes: CodesLike) -> PackedCodes:
         packed = as_packed(codes, name="codes")
         if packed.nbits != self.nbits:
@@ -186,6 +200,12 @@ class MutableHammingIndex:
         if len(payloads) != m:
             raise ValueError(f"payloads: {len(payloads)} payloads for {m} items")
         return payloads
+
+
+def _object_array(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _as_list(ids: Any) -> list:

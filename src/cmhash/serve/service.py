@@ -243,15 +243,6 @@ class SearchService:
                     hits = self._radius(index, query, radius)
                 return {"results": [self._hit(index, i, d, with_payloads) for i, d in hits]}
 
-    def is_light(self, request: Any) -> bool:
-        """Whether a search request is small enough to answer on the event loop: top-k by codes
-        (no model call, which may wait for the encode lock), few queries, few hits."""
-        if not isinstance(request, dict) or "k" not in request or "radius" in request or "features" in request:
-            return False
-        rows, k = request.get("codes"), request["k"]
-        return (isinstance(rows, list) and isinstance(k, int) and len(rows) <= 16
-                and len(rows) * k <= self.limits.heavy_results)
-
     # ---------------------------------------------------------------- items
     def put_items(self, request: Any) -> dict[str, Any]:
         """Add (or with ``"upsert": true`` add or replace) a batch of items, durably."""
