@@ -3,7 +3,9 @@ built from configs (nothing downloaded), then features -> train -> index -> sear
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,10 +29,13 @@ from cmhash.data.readers import read_source  # noqa: E402
 from cmhash.features import (  # noqa: E402
     build_image_encoder, build_text_encoder, encode_images, encode_views, extract_features, read_pairs,
 )
-from cmhash.features.weights import file_sha256  # noqa: E402
 from cmhash.io import load_arrays  # noqa: E402
 
 runner = CliRunner()
+
+
+def file_sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 TINY_CLIP = {  # a 1-layer ViT / text transformer: builds in a fraction of a second
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},

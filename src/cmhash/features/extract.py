@@ -157,7 +157,7 @@ def _provenance(pairs: Pairs, image_encoder: ImageEncoder, text_encoder: TextEnc
                 query_rows: np.ndarray | None, query_images: int, n_images: int, seed: int, batch_size: int,
                 dims: tuple[int, int]) -> dict[str, Any]:
     from cmhash.features._torchvision_compat import guard_applied
-    from cmhash.features.weights import file_sha256
+    from cmhash.data.protocols import file_sha256
     from cmhash.record import versions
 
     libs = versions()

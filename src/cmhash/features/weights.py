@@ -5,10 +5,11 @@ where it was looked for.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from cmhash.data.protocols import file_sha256
 
 #: the value of ``weights`` that asks for a randomly initialised encoder (tests, smoke runs)
 RANDOM = "random"
@@ -25,14 +26,6 @@ class Weights:
     def provenance(self) -> dict[str, str | None]:
         return {"weights_file": None if self.path is None else str(self.path),
                 "weights_sha256": self.sha256, "weights_origin": self.origin}
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def local_weights(path: str | os.PathLike, origin: str) -> Weights:
