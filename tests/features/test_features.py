@@ -265,7 +265,8 @@ def test_feature_file_layout_provenance_and_loading(raw, tmp_path):
     assert data.info["protocol"] == "shipped" and data.info["layout"] == "features"
     assert len(data.query) == 5 and len(data.database) == 10 and data.train.views.shape == (10, 2, 16)
     # rows are the right pairs: the features of each id equal that image's own encoding
-    by_name = dict(zip([r["image"] for r in raw["rows"]], encode_images(image, raw["images"], [r["image"] for r in raw["rows"]])))
+    names = [r["image"] for r in raw["rows"]]
+    by_name = dict(zip(names, encode_images(image, raw["images"], names)))
     for split in (data.query, data.database):
         np.testing.assert_allclose(split.image, np.stack([by_name[i] for i in split.ids]), rtol=1e-5, atol=1e-6)
         rows = {r["image"]: r for r in raw["rows"]}

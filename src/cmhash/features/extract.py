@@ -75,7 +75,8 @@ def extract_features(
     if text_encoder.vocabulary is not None:
         arrays["text_vocabulary"] = text_encoder.vocabulary
     meta = _provenance(pairs, image_encoder, text_encoder, views=int(views), query_rows=query_rows,
-                       query_images=int(query), n_images=len(files), seed=seed, batch_size=batch_size, dims=(image.shape[1], text.shape[1]))
+                       query_images=int(query), n_images=len(files), seed=seed, batch_size=batch_size,
+                       dims=(image.shape[1], text.shape[1]))
     from cmhash.io import save_arrays
 
     save_arrays(out, arrays, meta)

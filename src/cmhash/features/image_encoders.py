@@ -97,7 +97,8 @@ def build_image_encoder(spec: str, weights: str | None, *, seed: int = 0, device
 
         clip = load_clip(name, weights, seed=seed, device=device, model_config=model_config, cache_dir=cache_dir)
         return ImageEncoder(
-            name=spec, module=clip.model.encode_image, transform=clip.transform, input_size=clip.input_size,
+            name=spec, module=_on_device(clip.model.encode_image, device), transform=clip.transform,
+            input_size=clip.input_size,
             mean=clip.mean, std=clip.std, weights=clip.weights,
             preprocessing={"transform": repr(clip.transform), "output": "encode_image, not normalised"},
         )
@@ -116,7 +117,8 @@ def _torchvision_encoder(arch: str, weights: str, *, seed: int, device: str,
     from torchvision import transforms as T
 
     if arch not in models.list_models():
-        raise ValueError(f"torchvision has no model '{arch}'; e.g. resnet50, vgg16, vit_b_16 (torchvision.models.list_models())")
+        raise ValueError(f"torchvision has no model '{arch}'; e.g. resnet50, vgg16, vit_b_16 "
+                         "(torchvision.models.list_models())")
     known = {w.name: w for w in models.get_model_weights(arch)}
     if weights == RANDOM:
         torch.manual_seed(seed)
