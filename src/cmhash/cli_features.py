@@ -52,5 +52,5 @@ def features(
         f"wrote {out}: {meta['items']} pairs ({meta['images']} images), image {meta['dims']['image']}-d "
         f"({image_encoder}), text {meta['dims']['text']}-d ({text_encoder}), {meta['classes']} classes"
         + (f", {views} views per image" if views else "")
-        + (f", query {split['query']} / database {split['database']}" if query else ", no split")
+        + (f", query {split['query']} / database {split['database']}" if query else ", no split (--query N adds one)")
     )

@@ -355,3 +355,19 @@ def test_cli_errors_are_one_line(raw, tmp_path):
     res = invoke("features", raw["images"], raw["root"] / "missing.jsonl", "--image-encoder", "torchvision:resnet18",
                  "--image-weights", "random", "--text-encoder", "tfidf", "--out", tmp_path / "x.npz")
     assert res.exit_code == 2 and "missing.jsonl: no such file" in " ".join(res.output.split())
+
+
+@pytest.mark.slow
+def test_real_architectures_build_with_their_real_preprocessing(raw):
+    """The architectures a user loads real weights into (random weights here): CLIP ViT-B/32 gives
+    512-d image and text features at 224 x 224 input, ResNet-50 2,048-d, VGG-16 fc7 4,096-d."""
+    files = [r["image"] for r in raw["rows"][:2]]
+    image = build_image_encoder("clip:ViT-B-32", "random")
+    text = build_text_encoder("clip:ViT-B-32", "random")
+    assert image.input_size == 224 and encode_images(image, raw["images"], files).shape == (2, 512)
+    assert text.encode(["a red apple", "green grass"]).shape == (2, 512)
+    assert encode_views(image, raw["images"], files[:1], 2).shape == (1, 2, 512)
+    for arch, dim in (("resnet50", 2048), ("vgg16", 4096)):
+        cnn = build_image_encoder(f"torchvision:{arch}", "random")
+        assert cnn.preprocessing["center_crop"] == 224 and cnn.preprocessing["resize"] == 256
+        assert encode_images(cnn, raw["images"], files).shape == (2, dim)

@@ -3,8 +3,9 @@ a random initialisation, never downloading.
 
 ``weights`` may be:
 
-* a file path -- an open_clip checkpoint (``open_clip_pytorch_model.bin`` / ``.safetensors`` of a
-  Hugging Face snapshot, OpenAI's ``ViT-B-32.pt``, a checkpoint of your own training);
+* a file path -- an open_clip checkpoint (``open_clip_pytorch_model.bin`` /
+  ``open_clip_model.safetensors`` of a Hugging Face snapshot, or ``epoch_K.pt`` of your own
+  open_clip training), read by open_clip's ``load_checkpoint``;
 * a pretrained tag of ``open_clip.list_pretrained()`` (``openai``, ``laion2b_s34b_b79k``, ...) whose
   file is already in the Hugging Face cache (``cache_dir``, else ``$HF_HUB_CACHE`` /
   ``~/.cache/huggingface/hub``): loaded with the tag's own settings (QuickGELU, mean/std,
