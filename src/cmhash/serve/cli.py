@@ -25,6 +25,7 @@ def serve_cmd(
     index: Optional[str] = typer.Option(None, help="read-only: an index file written by `cmhash index build`"),
     store: Optional[str] = typer.Option(None, help="writable: the SQLite item store (created when missing)"),
     bits: Optional[int] = typer.Option(None, help="code length of a --store without --model"),
+    backend: str = typer.Option("memory", help="index of a --store: memory (O(1) writes) or hamming (HammingIndex)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on (0: any free port)"),
     api_keys: Optional[str] = typer.Option(None, help="file of 'read KEY' / 'write KEY' lines (else $CMHASH_API_KEYS)"),
@@ -67,7 +68,8 @@ def serve_cmd(
                 _fail("--index needs --model")
             service = SearchService(hash_model, HammingIndex.load(index), limits=limits)
         else:
-            service = SearchService.open_store(store, model=hash_model, nbits=bits, limits=limits)
+            service = SearchService.open_store(store, model=hash_model, nbits=bits, limits=limits,
+                                               index_factory=backend)
     except (ValueError, FileNotFoundError, OSError) as exc:
         _fail(str(exc))
     if service.writable and (keys is None or not keys.any_write):

@@ -28,6 +28,7 @@ import numpy as np
 from cmhash.codes import PackedCodes
 from cmhash.data.dataset import MODALITIES
 from cmhash.index import HammingIndex
+from cmhash.index.base import Index
 from cmhash.methods.base import HashModel
 from cmhash.serve._mutable import MutableHammingIndex
 from cmhash.serve.limits import Limits, ServiceError, bad_request
@@ -35,13 +36,23 @@ from cmhash.serve.store import Item, ItemStore
 
 log = logging.getLogger("cmhash.serve")
 
-IndexFactory = Callable[[int, str], Any]  # (nbits, modality) -> an empty Index
+IndexFactory = Callable[[int, str], Index]  # (nbits, modality) -> an empty Index
 RADIUS_CHUNK = 64  # radius queries run in chunks so a request over max_results stops early
 
 
 def memory_index(nbits: int, modality: str) -> MutableHammingIndex:
-    """The default backend: an exact in-memory Hamming index."""
+    """The default backend: exact, in memory, writes in O(1) (tombstones, see serve/_mutable.py)."""
     return MutableHammingIndex(nbits, info={"modality": modality})
+
+
+def hamming_index(nbits: int, modality: str) -> HammingIndex:
+    """``HammingIndex`` itself: exact, in memory; each remove/upsert compacts (O(n) per write)."""
+    return HammingIndex(nbits, info={"modality": modality})
+
+
+# The --backend choices of `cmhash serve --store`: name -> factory of one empty index per modality.
+# Another Index implementation registers itself here (e.g. a Milvus collection per modality).
+BACKENDS: dict[str, IndexFactory] = {"memory": memory_index, "hamming": hamming_index}
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -118,6 +129,9 @@ class SearchService:
             raise ValueError("give exactly one of index (one modality) or indexes (per modality)")
         if indexes is None:
             indexes = {str(getattr(index, "info", {}).get("modality", "image")): index}
+        for m, ix in indexes.items():
+            if not isinstance(ix, Index):
+                raise ValueError(f"the {m} index ({type(ix).__name__}) does not implement cmhash.index.base.Index")
         unknown = sorted(set(indexes) - set(MODALITIES))
         if unknown:
             raise ValueError(f"index modality must be one of {list(MODALITIES)}, got {unknown}")
@@ -158,7 +172,7 @@ class SearchService:
         *,
         model: HashModel | None = None,
         nbits: int | None = None,
-        index_factory: IndexFactory = memory_index,
+        index_factory: IndexFactory | str = "memory",
         limits: Limits | None = None,
     ) -> "SearchService":
         """A writable service over the SQLite store at ``path``; its indexes are rebuilt from it."""
@@ -166,6 +180,10 @@ class SearchService:
             if model is None:
                 raise ValueError("a store needs the code length: give a model or nbits")
             nbits = model.bits
+        if isinstance(index_factory, str):
+            if index_factory not in BACKENDS:
+                raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {index_factory!r}")
+            index_factory = BACKENDS[index_factory]
         store = ItemStore(path, nbits)
         t0 = time.perf_counter()
         indexes = {m: index_factory(nbits, m) for m in MODALITIES}
