@@ -12,6 +12,7 @@ server's status, code and message.
 from __future__ import annotations
 
 from typing import Any, Sequence
+from urllib.parse import quote
 
 import numpy as np
 
@@ -79,10 +80,10 @@ class Client:
         return self._call("POST", "/items", {"items": rows, "upsert": upsert})
 
     def get_item(self, item_id: int | str) -> dict[str, Any]:
-        return self._call("GET", f"/items/{item_id}")
+        return self._call("GET", f"/items/{quote(str(item_id), safe='')}")
 
     def delete_item(self, item_id: int | str) -> dict[str, int]:
-        return self._call("DELETE", f"/items/{item_id}")
+        return self._call("DELETE", f"/items/{quote(str(item_id), safe='')}")
 
     def delete_items(self, ids: Sequence[int | str]) -> dict[str, int]:
         return self._call("POST", "/items/delete", {"ids": [_plain(i) for i in ids]})

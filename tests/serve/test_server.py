@@ -4,6 +4,7 @@ real server process on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
@@ -278,6 +279,9 @@ def test_heavy_requests_are_bounded(trained):
         assert len(service.search({"codes": codes[:1], "k": 5})["results"]) == 1  # small requests still run
     finally:
         service._heavy.release()
+    nice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # noqa: E731
+    base = nice()
+    assert service._run(False, nice) == base and service._run(True, nice) == min(19, base + 10)  # heavy: lower priority
     too_many = SearchService(model, HammingIndex.from_codes(db_codes), max_results=30)
     with pytest.raises(ServiceError, match="max_results"):
         too_many.search({"codes": codes, "k": 10})
@@ -350,3 +354,21 @@ def test_cli_reports_bad_paths_and_refuses_an_open_host_without_keys(tmp_path, t
     result = runner.invoke(app, ["serve", "--model", str(tmp_path / "m.npz"), "--index", str(tmp_path / "i.npz"),
                                  "--max-k", "0"])
     assert result.exit_code == 2 and "max_k" in result.output
+
+
+def test_connections_over_the_cap_get_503_json(files):
+    folder, _ = files
+    with running(["--model", str(folder / "model.npz"), "--index", str(folder / "index.npz"),
+                  "--max-connections", "2"]) as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(2)]
+        try:
+            time.sleep(0.2)  # the server has accepted both
+            status, body = _status_and_json(_raw(srv.url, [b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"]))
+            assert status == 503 and body["code"] == "too_many_connections"
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.2)
+        with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as client:
+            assert client.get("/health").status_code == 200  # served again once they closed

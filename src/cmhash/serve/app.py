@@ -39,9 +39,12 @@ log = logging.getLogger("cmhash.serve")
 ROUTES = ("/health", "/info", "/metrics", "/encode", "/search", "/items", "/items/delete", "/docs", "/openapi.json")
 
 
+def _json_bytes(body: Any) -> bytes:
+    return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    data = json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
-    return Response(data, status_code=status, media_type="application/json", headers=headers)
+    return Response(_json_bytes(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def create_app(service: SearchService, api_keys: ApiKeys | None = None) -> "Guard":
@@ -98,7 +101,8 @@ def create_app(service: SearchService, api_keys: ApiKeys | None = None) -> "Guar
         # The work runs in a worker thread: the scan kernel releases the GIL, so the event loop keeps
         # reading and answering other connections meanwhile (answering small searches on the loop
         # itself measured half the throughput: benchmarks/bench_serve.py).
-        return json_response(await run_in_threadpool(method, *args))
+        data = await run_in_threadpool(lambda: _json_bytes(method(*args)))  # encoded off the event loop
+        return Response(data, media_type="application/json")
 
     # ----------------------------------------------------------------- routes
     @app.get("/health", tags=["status"], responses={200: {"model": schemas.Health}})

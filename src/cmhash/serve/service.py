@@ -16,9 +16,11 @@ Every method takes the decoded JSON request and returns a JSON-ready dict, or ra
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ from cmhash.serve.store import Item, ItemStore
 log = logging.getLogger("cmhash.serve")
 
 IndexFactory = Callable[[int, str], Index]  # (nbits, modality) -> an empty Index
+HEAVY_NICE = 10  # heavy requests run at this much lower CPU priority than small ones
+HEAVY_WAIT = 1.0  # seconds a heavy request waits for a slot before it is answered 503 busy
 RADIUS_CHUNK = 64  # radius queries run in chunks so a request over max_results stops early
 
 
@@ -150,6 +154,9 @@ class SearchService:
         self._writer = threading.Lock()  # one write (store commit, then index update) at a time
         self._encode_lock = threading.Lock()  # models are not promised to be thread-safe
         self._heavy = threading.BoundedSemaphore(self.limits.max_heavy)
+        self._heavy_pool = ThreadPoolExecutor(self.limits.max_heavy, thread_name_prefix="cmhash-heavy",
+                                              initializer=_lower_priority)
+        self._index_factory: IndexFactory = memory_index
 
     # Kept for callers of the first version (max_queries / max_k as attributes).
     @property
@@ -196,9 +203,12 @@ class SearchService:
                     ix.add(_packed([it.codes[m] for it in rows], nbits), [it.id for it in rows],
                            [it.payload for it in rows])
         log.info("rebuilt the indexes from %s: %d items in %.2f s", path, n, time.perf_counter() - t0)
-        return cls(model, indexes=indexes, store=store, limits=limits)
+        service = cls(model, indexes=indexes, store=store, limits=limits)
+        service._index_factory = index_factory
+        return service
 
     def close(self) -> None:
+        self._heavy_pool.shutdown(wait=False)
         if self.store is not None:
             self.store.close()
         for ix in self.indexes.values():
@@ -224,8 +234,8 @@ class SearchService:
 
     def encode(self, request: Any) -> dict[str, Any]:
         req = _object(request, {"modality", "features"})
-        with self._heavy_if(len(_rows(req.get("features"), "features", self.limits.max_queries)) > 64):
-            codes = self._encode(req.get("modality"), req.get("features"), "features")
+        heavy = len(_rows(req.get("features"), "features", self.limits.max_queries)) > 64
+        codes = self._run(heavy, self._encode, req.get("modality"), req.get("features"), "features")
         return {"nbits": codes.nbits, "codes": [row.tobytes().hex() for row in codes.data]}
 
     def search(self, request: Any) -> dict[str, Any]:
@@ -250,7 +260,8 @@ class SearchService:
         else:
             radius = _int(req["radius"], "radius", 0, self.nbits)
             heavy = len(rows) * len(index) > self.limits.heavy_results
-        with self._heavy_if(heavy):
+
+        def work() -> dict[str, Any]:
             query = (self._encode(req.get("modality"), rows, "features") if "features" in req
                      else self._codes(rows))
             with self._lock.read():
@@ -260,6 +271,8 @@ class SearchService:
                 else:
                     hits = self._radius(index, query, radius)
                 return {"results": [self._hit(index, i, d, with_payloads) for i, d in hits]}
+
+        return self._run(heavy, work)
 
     # ---------------------------------------------------------------- items
     def put_items(self, request: Any) -> dict[str, Any]:
@@ -349,16 +362,25 @@ class SearchService:
 
     @contextmanager
     def _heavy_if(self, heavy: bool) -> Iterator[None]:
-        """Run a heavy request only when one of the ``max_heavy`` slots frees within the request timeout."""
+        """Run a heavy request only when one of the ``max_heavy`` slots frees within HEAVY_WAIT seconds
+        (a short wait, so that waiting requests do not hold the worker threads small ones need)."""
         if not heavy:
             yield
             return
-        if not self._heavy.acquire(timeout=self.limits.request_timeout):
+        if not self._heavy.acquire(timeout=min(HEAVY_WAIT, self.limits.request_timeout)):
             raise ServiceError(503, "busy", f"{self.limits.max_heavy} heavy requests are running; retry later")
         try:
             yield
         finally:
             self._heavy.release()
+
+    def _run(self, heavy: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` here, or for a heavy request in one of the ``max_heavy`` low-priority threads
+        (nice +10: the scan threads they start inherit it), so that small requests get the CPU first."""
+        if not heavy:
+            return fn(*args)
+        with self._heavy_if(True):
+            return self._heavy_pool.submit(fn, *args).result()
 
     def require_store(self) -> ItemStore:
         if self.store is None:
@@ -427,7 +449,7 @@ class SearchService:
                           [it.payload for it in rows])
         except Exception:  # the store is the truth: rebuild from it rather than serve a drifted index
             log.exception("index update failed after a commit; rebuilding the indexes from the store")
-            fresh = SearchService.open_store(self.store.path, nbits=self.nbits)
+            fresh = SearchService.open_store(self.store.path, nbits=self.nbits, index_factory=self._index_factory)
             self.store.close()
             self.store, self.indexes = fresh.store, fresh.indexes
             raise
@@ -491,6 +513,15 @@ def _check_id(item_id: Any, where: str = "ids") -> None:
         raise bad_request(f"{where}: an id must be an integer or a non-empty string, got {item_id!r}")
     if isinstance(item_id, int) and not -(2**63) <= item_id < 2**63:
         raise bad_request(f"{where}: integer ids must fit in 64 bits, got {item_id}")
+
+
+def _lower_priority() -> None:
+    """Raise the calling thread's nice value by HEAVY_NICE (Linux: nice is per thread)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + HEAVY_NICE))
+    except (AttributeError, OSError):  # not Linux / not permitted: run at normal priority
+        pass
 
 
 def _packed(rows: list[bytes], nbits: int) -> PackedCodes:
