@@ -152,7 +152,7 @@ async def open_loop(host: str, port: int, conns: int, rate: float, seconds: floa
             if await one(conn, req):
                 lat = time.perf_counter() - due
                 latencies.append(lat)
-                kinds.setdefault(req[0], []).append(lat)
+                kinds.setdefault(req[1], []).append(lat)
             else:
                 errors += 1
         await conn.close()
@@ -161,7 +161,7 @@ async def open_loop(host: str, port: int, conns: int, rate: float, seconds: floa
     out = {"mode": "open", "label": label, "connections": conns, "offered_rps": rate,
            **summarize(latencies, errors, time.perf_counter() - t0)}
     if len(kinds) > 1:
-        out["by_method"] = {m: {"n": len(v), "p99_ms": round(float(np.percentile(np.array(v) * 1e3, 99)), 2)}
+        out["by_path"] = {m: {"n": len(v), "p99_ms": round(float(np.percentile(np.array(v) * 1e3, 99)), 2)}
                             for m, v in kinds.items()}
     return out
 

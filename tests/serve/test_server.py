@@ -372,3 +372,24 @@ def test_connections_over_the_cap_get_503_json(files):
         time.sleep(0.2)
         with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as client:
             assert client.get("/health").status_code == 200  # served again once they closed
+
+
+def test_an_unexpected_error_is_a_500_json_without_internals(trained):
+    """In-process (no way to break a real server on purpose): an index whose search fails."""
+    from starlette.testclient import TestClient
+
+    from cmhash.serve._mutable import MutableHammingIndex
+    from cmhash.serve.app import create_app
+
+    class BrokenIndex(MutableHammingIndex):
+        def search(self, query_codes, k):
+            raise RuntimeError("secret internal detail")
+
+    _, model, db_codes = trained
+    index = BrokenIndex(24)
+    index.add(db_codes, list(range(len(db_codes))))
+    client = TestClient(create_app(SearchService(model, index)), raise_server_exceptions=False)
+    reply = client.post("/search", json={"codes": [db_codes.data[0].tobytes().hex()], "k": 3})
+    assert reply.status_code == 500 and reply.headers["content-type"] == "application/json"
+    assert reply.json() == {"error": "internal error (see the server log)", "code": "internal", "status": 500}
+    assert client.get("/health").json() == {"status": "ok"}  # still serving
