@@ -17,6 +17,10 @@ app = typer.Typer(
 )
 console = Console()
 
+from cmhash.cli_data import data_app  # noqa: E402 (`cmhash data inspect|import`)
+
+app.add_typer(data_app, name="data")
+
 
 def fail(message: str) -> None:
     """Print a clear error and exit with status 2 (no traceback for user mistakes)."""
