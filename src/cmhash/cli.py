@@ -101,9 +101,9 @@ def datasets_cmd() -> None:
     """List the known benchmarks and protocols, where data is looked for, and what was found."""
     from cmhash.data.protocols import PROTOCOLS, data_roots, describe
 
-    console.print("data folders looked in (set CMHASH_DATA to choose one):")
     for root in data_roots():
-        console.print(f"  {root}", soft_wrap=True, highlight=False)
+        console.print(f"looking in: {root}", soft_wrap=True, highlight=False)
+    console.print("(set CMHASH_DATA to choose the data folder)")
     console.print("benchmarks: cmhash.load_dataset(name, protocol=..., seed=...); * = default protocol\n")
     for row in describe():
         _print_benchmark(row)

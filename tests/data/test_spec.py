@@ -197,3 +197,55 @@ def test_canonical_needs_a_split(tmp_path):
     save_canonical(data, rows, tmp_path / "x.npz", {"note": "test"})
     back = load_canonical(tmp_path / "x.npz")
     assert back.query.checksum() == data.query.checksum() and back.info["note"] == "test"
+
+
+@pytest.mark.parametrize("layout_name", ["wiki", "dcgh", "iapr", "all", "roph"])
+def test_the_field_layouts_are_specs_too(tmp_path, layout_name):
+    """Every key layout load_dataset recognises, written as a spec by inspect, reads the same items
+    as the layout reader (and the same split where the file ships one)."""
+    from cmhash.data.readers import LAYOUTS_BY_NAME, read_source
+
+    layout = LAYOUTS_BY_NAME[layout_name]
+    rng = np.random.default_rng(3)
+    arrays, sizes = {}, {"train": 9, "test": 6, "database": 9, "all": 15}
+    for part, (ik, tk, lk) in layout.parts.items():
+        n = sizes[part]
+        arrays[ik], arrays[tk] = rng.normal(size=(n, 5)), rng.normal(size=(n, 3))
+        if layout_name == "wiki":  # class indices 1..c as in wikiData.mat
+            arrays[lk] = np.concatenate([[1, 2, 3], rng.integers(1, 4, n - 3)])[:, None].astype(np.float64)
+        else:
+            lab = (rng.random((n, 4)) < 0.5).astype(np.float64)
+            lab[lab.sum(1) == 0, 0] = 1
+            arrays[lk] = lab
+    path = tmp_path / f"{layout_name}.mat"
+    if layout_name == "roph":  # struct data, features x items, split item numbers (1-based)
+        struct = {"X1": arrays["data/X1"].T, "X2": arrays["data/X2"].T,
+                  "Y": scipy.sparse.csc_matrix(arrays["data/Y"].T),
+                  "split": {"ind_train": np.arange(1, 10)[None], "ind_test": np.arange(10, 16)[None]}}
+        scipy.io.savemat(path, {"data": struct})
+    else:
+        scipy.io.savemat(path, arrays)
+    found = inspect_files(path)
+    assert found.spec is not None and f"'{layout_name}' layout" in found.layout
+    via_spec = load_spec(found.spec)
+    source = read_source(path)
+    pool, _ = source.pool()
+    assert via_spec.replace(splits={}).checksum() == pool.replace(splits={}).checksum()
+    if layout.ships_query:
+        reference = load_dataset(path, "shipped")
+        for role in ("train", "query", "database"):
+            assert via_spec.split(role).checksum() == reference.split(role).checksum()
+
+
+def test_wiki_suggested_spec_gives_the_dcgh_split(wiki_path, monkeypatch):
+    """wikiData.mat's suggested spec (the 'wiki' layout) reads the items and split that
+    load_dataset("wiki") (protocol dcgh: query = the shipped 693 test pairs) gives."""
+    found = inspect_files(wiki_path)
+    assert found.spec is not None and "'wiki' layout" in found.layout
+    assert found.spec.parts == ("train", "test") and found.spec.labels_base == 1
+    data = load_spec(found.spec)
+    monkeypatch.setenv("CMHASH_DATA", str(wiki_path.parent.parent))
+    reference = load_dataset("wiki")
+    for role in ("train", "query", "database"):
+        assert data.split(role).checksum() == reference.split(role).checksum()
+    assert (len(data.train), len(data.query)) == (2173, 693)

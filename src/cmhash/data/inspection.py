@@ -33,12 +33,15 @@ class Inspection:
     spec: DatasetSpec | None
     guesses: list[str] = field(default_factory=list)
     problem: str | None = None
+    layout: str | None = None  # the field's key layout the arrays follow, if any
 
     def spec_toml(self) -> str:
         """The suggestion as TOML, the guesses as comments above it."""
         if self.spec is None:
             return f"# no spec suggested: {self.problem}\n"
         notes = "".join(f"# check: {g}\n" for g in self.guesses)
+        if self.layout:
+            notes = f"# {self.layout}\n" + notes
         return notes + self.spec.to_toml()
 
 
@@ -55,11 +58,72 @@ def inspect_files(files: str | os.PathLike | Sequence[str | os.PathLike]) -> Ins
         value = value.toarray() if hasattr(value, "toarray") else np.asarray(value)
         loaded[path] = value
         summaries[path] = _summary(value)
+    resolved = [p.resolve() for p in paths]
     try:
-        spec, guesses = _suggest([p.resolve() for p in paths], entries, loaded)
+        layout = _known_layout(entries)
+        if layout is not None:
+            spec, guesses = layout_spec(layout, resolved), []
+        else:
+            spec, guesses = _suggest(resolved, entries, loaded)
     except _NoSuggestion as exc:
         return Inspection(entries, summaries, None, problem=str(exc))
-    return Inspection(entries, summaries, spec, guesses)
+    said = f"the keys follow the '{layout.name}' layout: {layout.origin}" if layout is not None else None
+    return Inspection(entries, summaries, _settled(spec, guesses), guesses, layout=said)
+
+
+def _known_layout(entries: dict[str, ArrayEntry]) -> Any:
+    """The field's key layout these arrays follow (cmhash.data.readers), if any."""
+    from cmhash.data.readers import LAYOUTS
+
+    matches = [lay for lay in LAYOUTS if lay.name not in ("npz", "pickle") and set(lay.keys) <= set(entries)]
+    return max(matches, key=lambda lay: len(lay.keys)) if matches else None
+
+
+def layout_spec(layout: Any, files: Sequence[str | os.PathLike]) -> DatasetSpec:
+    """A known key layout (cmhash.data.readers.LAYOUTS) written as a dataset spec for ``files``.
+
+    Orientation and label format are left to :func:`_settled`, which reads them off the data.
+    """
+    names = list(layout.parts)
+    image, text, labels = (tuple(layout.parts[p][k] for p in names) for k in range(3))
+    split: dict[str, Any] = {}
+    if layout.index_split:
+        split = {"base": layout.index_base, **layout.index_split}
+        split.setdefault("train", "database")
+    elif layout.query is not None:
+        split = {"query": layout.query, "database": layout.database, "train": layout.train or "database"}
+    one = len(names) == 1
+    return DatasetSpec(files=tuple(files), name=Path(files[0]).stem,
+                       image=image[0] if one else image, text=text[0] if one else text,
+                       labels=labels[0] if one else labels, parts=() if one else tuple(names), split=split)
+
+
+def _settled(spec: DatasetSpec, guesses: list[str]) -> DatasetSpec:
+    """The suggestion with what its data decides written out: orientation, label format and base."""
+    import dataclasses
+
+    from cmhash.data.spec import read_spec
+
+    for _ in range(2):
+        try:
+            data, _ = read_spec(spec)
+        except ValueError as exc:
+            if "labels_base" in str(exc) and spec.labels_base is None:
+                spec = dataclasses.replace(spec, labels_format="class-index", labels_base=1)
+                guesses.append("labels hold class indices without a 0: read as 1-based (MATLAB numbering); "
+                               "say labels_base = 0 if class 0 exists")
+                continue
+            guesses.append(f"the suggestion does not load yet: {exc}")
+            return spec
+        orient = data.info.get("orientation", {})
+        if len(set(orient.values())) == 1:
+            orient = next(iter(orient.values()))
+        fmt = "class-index" if data.info.get("labels", "").startswith("class indices") else "multi-hot"
+        base = spec.labels_base
+        if fmt == "class-index" and base is None:
+            base = 0  # decided by a 0 in the data
+        return dataclasses.replace(spec, orientation=spec.orientation or orient, labels_format=fmt, labels_base=base)
+    return spec
 
 
 class _NoSuggestion(Exception):

@@ -211,7 +211,12 @@ def load_dataset(
     if single is not None and protocol in (None, "shipped") and specs.is_canonical(single):
         return specs.load_canonical(single)
     files, bench = _locate(name_or_path, benchmark)
-    if bench is not None and bench.spec is not None:
+    # A benchmark's spec reads its file when the benchmark is named; a file given by path whose
+    # name merely matches (any "wiki.mat") is read by its key layout instead.
+    named = benchmark is not None or (
+        isinstance(name_or_path, str) and resolve_benchmark(name_or_path) is not None and not Path(name_or_path).exists()
+    )
+    if named and bench is not None and bench.spec is not None:
         chosen = specs.DatasetSpec(files=files, name=bench.name, allow_empty_labels=allow_empty_labels, **bench.spec)
         return _load_spec(chosen, protocol or bench.default_protocol, seed, bench.name)
     display = bench.name if bench else files[0].stem
