@@ -84,3 +84,15 @@ def test_temp_files_of_a_killed_save_are_removed_by_the_next_save_or_load(tmp_pa
     os.utime(old, (0, 0))
     load_arrays(path)
     assert temps() == sorted([live.name, ".big.npz.q1w2e3.tmp"])
+
+
+def test_arrays_checksum_is_that_of_the_stored_record():
+    """int keys and tuples come back from JSON as strings and lists: same checksum either way."""
+    from cmhash.io import arrays_checksum
+
+    arrays = {"w": np.arange(4.0)}
+    meta = {"per_class": {2: 1, 10: 3}, "shape": (3, 4)}
+    stored = json.loads(json.dumps(meta))
+    assert arrays_checksum(arrays, meta) == arrays_checksum(arrays, stored)
+    assert arrays_checksum(arrays, meta) != arrays_checksum({"w": np.arange(4.0) + 1}, meta)
+    assert arrays_checksum(arrays, meta) != arrays_checksum({"v": np.arange(4.0)}, meta)

@@ -101,8 +101,9 @@ def arrays_checksum(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | 
         a = np.ascontiguousarray(arrays[name])
         h.update(f"{name}\x1f{a.dtype.str}\x1f{a.shape}\x1f".encode())
         h.update(a.tobytes())
-    if meta is not None:
-        h.update(json.dumps(meta, sort_keys=True, default=_json_default).encode())
+    if meta is not None:  # as the file stores it: JSON turns int keys into strings, tuples into lists
+        stored = json.loads(json.dumps(meta, default=_json_default))
+        h.update(json.dumps(stored, sort_keys=True).encode())
     return h.hexdigest()
 
 
