@@ -196,7 +196,30 @@ def test_canonical_needs_a_split(tmp_path):
                                        split={"query": 5, "order": ["query"]}))
     save_canonical(data, rows, tmp_path / "x.npz", {"note": "test"})
     back = load_canonical(tmp_path / "x.npz")
-    assert back.query.checksum() == data.query.checksum() and back.info["note"] == "test"
+    assert back.query.checksum() == data.query.checksum()
+    assert back.info["imported"]["dataset_checksum"] == data.checksum()
+
+
+def test_train_and_eval_on_an_imported_file(tmp_path):
+    """The canonical file is a --dataset for train and eval (eval re-checks the data checksum)."""
+    from typer.testing import CliRunner
+
+    from cmhash.cli import app
+
+    path = tmp_path / "cells.mat"
+    _cell_file(path, n=120)
+    spec = tmp_path / "cells.toml"
+    spec.write_text(f'[dataset]\nfiles = ["cells.mat"]\nimage = "X{{1}}"\ntext = "X{{2}}"\nlabels = "gt"\n'
+                    'labels_base = 1\n[dataset.split]\nquery = 20\norder = ["query"]\n')
+    runner = CliRunner()
+    res = runner.invoke(app, ["data", "import", str(spec), "--out", str(tmp_path / "cells.npz")])
+    assert res.exit_code == 0, res.output
+    for dataset in (tmp_path / "cells.npz", spec):
+        out = tmp_path / f"run-{dataset.suffix[1:]}"
+        res = runner.invoke(app, ["train", "cca-itq", "--dataset", str(dataset), "--bits", "8", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(app, ["eval", str(out), "--check"])
+        assert res.exit_code == 0, res.output
 
 
 @pytest.mark.parametrize("layout_name", ["wiki", "dcgh", "iapr", "all", "roph"])

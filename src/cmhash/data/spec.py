@@ -678,7 +678,7 @@ def save_canonical(data: CrossModalDataset, rows: Mapping[str, np.ndarray], out:
         "format": CANONICAL_FORMAT, "format_version": 1, "name": data.name,
         "index_base": 0, "cmhash_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "checksum": data.checksum(), "allow_empty_labels": data.allow_empty_labels, **provenance,
+        "dataset_checksum": data.checksum(), "allow_empty_labels": data.allow_empty_labels, **provenance,
     }
     save_arrays(out, arrays, meta)
     return Path(out)
@@ -712,9 +712,14 @@ def load_canonical(path: str | os.PathLike) -> CrossModalDataset:
     if meta.get("format") != CANONICAL_FORMAT:
         raise ValueError(f"{path}: not a cmhash dataset file (format={meta.get('format')!r})")
     name = meta.get("name") or path.stem
-    info = {**meta, "imported_from_sha256": meta.get("source_sha256"),
-            "source": [str(path.resolve())], "source_sha256": {path.name: file_sha256(path)},
-            "protocol": "shipped", "split": meta.get("split", "stored split")}
+    # selected keys only: a run record spreads info over its dataset entry (name, n, checksum)
+    info = {
+        "spec": meta.get("spec"), "orientation": meta.get("orientation"), "labels": meta.get("labels"),
+        "imported_from_sha256": meta.get("source_sha256"),
+        "imported": {k: meta.get(k) for k in ("created", "cmhash_version", "spec_file", "dataset_checksum")},
+        "source": [str(path.resolve())], "source_sha256": {path.name: file_sha256(path)},
+        "protocol": "shipped", "split": meta.get("split") or "the stored split",
+    }
     try:
         full = CrossModalDataset(
             image=arrays["image"], text=arrays["text"], labels=arrays["labels"], views=arrays.get("views"),
