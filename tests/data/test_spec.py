@@ -272,3 +272,16 @@ def test_wiki_suggested_spec_gives_the_dcgh_split(wiki_path, monkeypatch):
     for role in ("train", "query", "database"):
         assert data.split(role).checksum() == reference.split(role).checksum()
     assert (len(data.train), len(data.query)) == (2173, 693)
+
+
+@pytest.mark.parametrize("protocol", [None, "dcgh", "shipped"])
+def test_wiki_benchmark_is_a_spec_and_reads_what_the_layout_reader_reads(wiki_path, monkeypatch, protocol):
+    """load_dataset("wiki") reads wikiData.mat through its registered spec; the same file by path
+    goes through the 'wiki' key layout. Both give the same items in every split."""
+    monkeypatch.setenv("CMHASH_DATA", str(wiki_path.parent.parent))
+    named = load_dataset("wiki", protocol)
+    by_path = load_dataset(str(wiki_path), protocol)
+    assert "spec" in named.info and "layout" in by_path.info
+    assert named.info["protocol"] == by_path.info["protocol"] == (protocol or "dcgh")
+    for role in ("train", "query", "database"):
+        assert named.split(role).checksum() == by_path.split(role).checksum()

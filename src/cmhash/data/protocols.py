@@ -63,9 +63,11 @@ class Benchmark:
     query: dict[str, int] = field(default_factory=dict)
     default_protocol: str = "deep-supervised"
     aliases: tuple[str, ...] = ()
-    # A dataset spec (cmhash.data.spec, every key but "files") that reads the benchmark's file;
-    # None: the file's key layout (cmhash.data.readers) is recognised when it is read.
+    # A dataset spec (cmhash.data.spec, every key but "files") that reads the candidate file set
+    # ``spec_files`` when that set is the one found; other candidates (and a benchmark without a
+    # spec) are read by their key layout (cmhash.data.readers).
     spec: dict[str, Any] | None = None
+    spec_files: tuple[str, ...] = ()
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -75,6 +77,12 @@ BENCHMARKS: dict[str, Benchmark] = {
             "wiki", "Wikipedia (Rasiwasia et al. 2010), 2,866 pairs, SIFT-BoVW 128-d / LDA 10-d",
             (("wikiData.mat",), ("wiki.npz",)),
             "10, single-label", {"dcgh": 693}, default_protocol="dcgh",
+            spec=dict(
+                image=["I_tr", "I_te"], text=["T_tr", "T_te"], labels=["L_tr", "L_te"], parts=["train", "test"],
+                labels_format="class-index", labels_base=1, orientation="items-by-features",
+                split={"query": "test", "database": "train", "train": "train"},
+            ),
+            spec_files=("wikiData.mat",),
         ),
         Benchmark(
             "wiki-roph",
@@ -89,6 +97,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                 split={"query": "data/split/ind_test", "database": "data/split/ind_train",
                        "train": "database", "base": 1},
             ),
+            spec_files=("wiki.mat",),
         ),
         Benchmark(
             "mirflickr", "MIRFlickr-25K (20,015 cleaned pairs in DCMH/UCCH files)",
@@ -216,7 +225,7 @@ def load_dataset(
     named = benchmark is not None or (
         isinstance(name_or_path, str) and resolve_benchmark(name_or_path) is not None and not Path(name_or_path).exists()
     )
-    if named and bench is not None and bench.spec is not None:
+    if named and bench is not None and bench.spec is not None and tuple(f.name for f in files) == bench.spec_files:
         chosen = specs.DatasetSpec(files=files, name=bench.name, allow_empty_labels=allow_empty_labels, **bench.spec)
         return _load_spec(chosen, protocol or bench.default_protocol, seed, bench.name)
     display = bench.name if bench else files[0].stem
@@ -255,19 +264,17 @@ def load_dataset(
 
 def _load_spec(spec: Any, protocol: str | None, seed: int, benchmark: str | None) -> CrossModalDataset:
     """A spec's dataset; a protocol other than ``shipped`` replaces the spec's own split."""
-    import dataclasses
+    from cmhash.data.spec import read_spec
 
-    from cmhash.data.spec import load_spec
-
-    if protocol not in (None, "shipped"):
-        split = {"protocol": protocol, "seed": seed, **({"benchmark": benchmark} if benchmark else {})}
-        spec = dataclasses.replace(spec, split=split)
-    data = load_spec(spec)
-    if not data.splits:
+    data, rows = read_spec(spec, protocol=protocol, seed=seed, benchmark=benchmark)
+    if rows is None:
         raise ValueError(f"{spec.files[0]}: the spec states no split; add a split table or pass protocol=")
+    used = data.info["protocol"]
+    info = {**data.info, "protocol_definition": PROTOCOLS.get(used, "the spec's split"),
+            "split_seed": int(data.info.get("split_seed", seed))}
     if benchmark is not None:
-        data = data.replace(info={**data.info, "benchmark": benchmark})
-    return data
+        info["benchmark"] = benchmark
+    return data.replace(info=info)
 
 
 def _locate(

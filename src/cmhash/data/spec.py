@@ -362,8 +362,14 @@ def load_spec(spec: "DatasetSpec | str | os.PathLike | Mapping[str, Any]") -> Cr
     return read_spec(spec)[0]
 
 
-def read_spec(spec: "DatasetSpec | str | os.PathLike | Mapping[str, Any]") -> tuple[CrossModalDataset, dict[str, np.ndarray] | None]:
-    """(dataset, its split as 0-based row indices by role, or None without a split)."""
+def read_spec(spec: "DatasetSpec | str | os.PathLike | Mapping[str, Any]", *, protocol: str | None = None,
+              seed: int = 0, benchmark: str | None = None) -> tuple[CrossModalDataset, dict[str, np.ndarray] | None]:
+    """(dataset, its split as 0-based row indices by role, or None without a split).
+
+    ``protocol`` (other than "shipped") splits by that named protocol instead of the spec's split
+    (``seed``; ``benchmark`` for its query counts); a spec whose split names parts tells the
+    protocol which part is the shipped query (DCGH uses WIKI's 693 test pairs).
+    """
     from cmhash.data.protocols import file_sha256
 
     if isinstance(spec, (str, os.PathLike)):
@@ -419,11 +425,17 @@ def read_spec(spec: "DatasetSpec | str | os.PathLike | Mapping[str, Any]") -> tu
         "parts": {p: [int(r[0]), int(r[-1]) + 1] for p, r in part_rows.items() if r.size},
         **notes,
     }
-    if not spec.split:
+    if protocol not in (None, "shipped"):
+        by = {"protocol": protocol, "seed": seed, **({"benchmark": benchmark} if benchmark else {})}
+    elif "protocol" in spec.split:
+        by = spec.split
+    else:
+        by = None
+    if not spec.split and by is None:
         return full.replace(info=info), None
-    if "protocol" in spec.split:
-        rows, how, seed, bench = _protocol_rows(full, spec, part_rows)
-        info.update(protocol=spec.split["protocol"], split=how, split_seed=seed, benchmark=bench)
+    if by is not None:
+        rows, how, used_seed, bench = _protocol_rows(full, spec, part_rows, by)
+        info.update(protocol=by["protocol"], split=how, split_seed=used_seed, benchmark=bench)
     else:
         rows, how = _split_rows(spec, get, n, part_rows, where)
         info.update(protocol="shipped", split=how)
@@ -636,23 +648,33 @@ def _indices(arr: np.ndarray, base: int, n: int, where: str) -> np.ndarray:
     return _item_numbers(arr, base, n, where)
 
 
-def _protocol_rows(full: CrossModalDataset, spec: DatasetSpec, part_rows: dict[str, np.ndarray]
-                   ) -> tuple[dict[str, np.ndarray], str, int, str | None]:
-    """Rows by a named protocol of :mod:`cmhash.data.protocols` (the items in file order)."""
+def _protocol_rows(full: CrossModalDataset, spec: DatasetSpec, part_rows: dict[str, np.ndarray],
+                   by: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], str, int, str | None]:
+    """Rows by the named protocol ``by["protocol"]`` of :mod:`cmhash.data.protocols`, applied to
+    the items in file order; the spec's parts (and which of them its split makes the query,
+    database and train) are what the protocol sees as the file's shipped parts."""
     from cmhash.data.protocols import PROTOCOLS, _split, resolve_benchmark
     from cmhash.data.readers import Layout, Source
 
-    protocol = spec.split["protocol"]
+    protocol = by["protocol"]
     if protocol not in PROTOCOLS or protocol == "shipped":
         known = ", ".join(p for p in PROTOCOLS if p != "shipped")
         raise ValueError(f"spec: split protocol '{protocol}' unknown; known: {known} (or give the split's arrays)")
-    bench = resolve_benchmark(spec.split["benchmark"]) if "benchmark" in spec.split else None
-    if "benchmark" in spec.split and bench is None:
-        raise ValueError(f"spec: split benchmark '{spec.split['benchmark']}' is not a known benchmark")
-    seed = int(spec.split.get("seed", 0))
-    layout = Layout("spec", {"all": ("image", "text", "labels")}, "a dataset spec", pool=("all",))
-    source = Source(layout=layout, parts={"all": full}, files=spec.files)
-    query, train, database, how = _split(protocol, source, bench, full, {"all": (0, len(full))}, seed)
+    bench = resolve_benchmark(by["benchmark"]) if "benchmark" in by else None
+    if "benchmark" in by and bench is None:
+        raise ValueError(f"spec: split benchmark '{by['benchmark']}' is not a known benchmark")
+    seed = int(by.get("seed", 0))
+    if part_rows:
+        roles = {r: spec.split.get(r) for r in SPLIT_NAMES if spec.split.get(r) in part_rows}
+        names = tuple(part_rows)
+        layout = Layout("spec", {p: ("image", "text", "labels") for p in names}, "a dataset spec", pool=names, **roles)
+        parts = {p: full.subset(rows, name=f"{full.name}/{p}") for p, rows in part_rows.items()}
+        ranges = {p: (int(rows[0]), int(rows[-1]) + 1) for p, rows in part_rows.items()}
+    else:
+        layout = Layout("spec", {"all": ("image", "text", "labels")}, "a dataset spec", pool=("all",))
+        parts, ranges = {"all": full}, {"all": (0, len(full))}
+    source = Source(layout=layout, parts=parts, files=spec.files)
+    query, train, database, how = _split(protocol, source, bench, full, ranges, seed)
     return {"query": query, "train": train, "database": database}, how, seed, bench.name if bench else None
 
 
