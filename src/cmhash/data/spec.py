@@ -344,7 +344,7 @@ def _check_split(split: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"spec: split base must be 0 or 1, got {split['base']!r}")
     for role in SPLIT_NAMES:
         value = split.get(role)
-        if value is not None and not isinstance(value, (str, int)) or isinstance(value, bool):
+        if isinstance(value, bool) or (value is not None and not isinstance(value, (str, int))):
             raise ValueError(f"spec: split '{role}' must be an array path, a count, a part or role name, "
                              f"'rest' or 'all'; got {value!r}")
     counted = [r for r in SPLIT_NAMES if isinstance(split.get(r), int)]
