@@ -119,7 +119,7 @@ def datasets_cmd() -> None:
 def _print_benchmark(row: dict) -> None:
     """One benchmark as a few short lines (readable at 80 columns: no file name is cut)."""
     status = "[green]found[/]" if row["found"] else "[yellow]not found[/]"
-    console.print(f"[bold]{row['name']}[/]  {row['classes']}  {status}")
+    console.print(f"[bold]{row['name']}[/]  {row['classes']}  {status}", soft_wrap=True)
     sizes = [f"{p}{'*' if p == row['default_protocol'] else ''}" + (f" {q} queries" if q else "")
              for p, q in row["protocols"].items()]
     if row["default_protocol"] not in row["protocols"]:

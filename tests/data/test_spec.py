@@ -169,7 +169,7 @@ def test_h5_and_npz_items_by_features_with_ids_and_a_protocol(tmp_path):
     ids = np.array([f"item{i}" for i in range(n)])
     np.savez(tmp_path / "f.npz", img=image, txt=text, y=labels, names=ids)
     spec = DatasetSpec(files=tmp_path / "f.npz", image="img", text="txt", labels="y", ids="names",
-                       split={"query": "mask"} if False else {"protocol": "deep-supervised"})
+                       split={"protocol": "deep-supervised"})
     with pytest.raises(ValueError, match="needs more than 15000 items"):
         load_spec(spec)
     data = load_spec(DatasetSpec(files=tmp_path / "f.npz", image="img", text="txt", labels="y", ids="names"))
@@ -285,3 +285,25 @@ def test_wiki_benchmark_is_a_spec_and_reads_what_the_layout_reader_reads(wiki_pa
     assert named.info["protocol"] == by_path.info["protocol"] == (protocol or "dcgh")
     for role in ("train", "query", "database"):
         assert named.split(role).checksum() == by_path.split(role).checksum()
+
+
+def test_a_features_file_with_ids_per_part(tmp_path):
+    """`cmhash features` writes database/ and query/ parts with ids beside the image key: inspect
+    suggests ids as a list per part, and the spec reads what load_dataset reads (ids included)."""
+    rng = np.random.default_rng(5)
+    arrays = {}
+    for part, n in (("database", 30), ("query", 7)):
+        arrays[f"{part}/image"], arrays[f"{part}/text"] = rng.normal(size=(n, 6)), rng.normal(size=(n, 4))
+        arrays[f"{part}/labels"] = np.eye(3, dtype=np.uint8)[np.arange(n) % 3]
+        arrays[f"{part}/ids"] = np.array([f"{part}-{i}" for i in range(n)])
+    np.savez(tmp_path / "feat.npz", **arrays)
+    found = inspect_files(tmp_path / "feat.npz")
+    assert "'features' layout" in found.layout and found.spec.ids == ("database/ids", "query/ids")
+    via_spec, reference = load_spec(found.spec), load_dataset(tmp_path / "feat.npz")
+    for role in ("train", "query", "database"):
+        assert via_spec.split(role).checksum() == reference.split(role).checksum()
+    assert via_spec.query.ids[0] == "query-0"
+    with pytest.raises(ValueError, match="one array per part"):
+        DatasetSpec(files=tmp_path / "feat.npz", image=["database/image", "query/image"],
+                    text=["database/text", "query/text"], labels=["database/labels", "query/labels"],
+                    parts=["database", "query"], ids=["database/ids"])

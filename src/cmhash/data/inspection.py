@@ -62,7 +62,7 @@ def inspect_files(files: str | os.PathLike | Sequence[str | os.PathLike]) -> Ins
     try:
         layout = _known_layout(entries)
         if layout is not None:
-            spec, guesses = layout_spec(layout, resolved), []
+            spec, guesses = layout_spec(layout, resolved, entries), []
         else:
             spec, guesses = _suggest(resolved, entries, loaded)
     except _NoSuggestion as exc:
@@ -79,7 +79,8 @@ def _known_layout(entries: dict[str, ArrayEntry]) -> Any:
     return max(matches, key=lambda lay: len(lay.keys)) if matches else None
 
 
-def layout_spec(layout: Any, files: Sequence[str | os.PathLike]) -> DatasetSpec:
+def layout_spec(layout: Any, files: Sequence[str | os.PathLike],
+                entries: dict[str, ArrayEntry] | None = None) -> DatasetSpec:
     """A known key layout (cmhash.data.readers.LAYOUTS) written as a dataset spec for ``files``.
 
     Orientation and label format are left to :func:`_settled`, which reads them off the data.
@@ -93,9 +94,16 @@ def layout_spec(layout: Any, files: Sequence[str | os.PathLike]) -> DatasetSpec:
     elif layout.query is not None:
         split = {"query": layout.query, "database": layout.database, "train": layout.train or "database"}
     one = len(names) == 1
+    beside = {}  # cmhash's own files keep views / ids beside each part's image key
+    if entries is not None:
+        for key in ("views", "ids"):
+            paths = tuple(p[: -len("image")] + key for p in image)
+            if all(p.endswith("image") for p in image) and all(p in entries for p in paths):
+                beside[key] = paths[0] if one else paths
     return DatasetSpec(files=tuple(files), name=Path(files[0]).stem,
                        image=image[0] if one else image, text=text[0] if one else text,
-                       labels=labels[0] if one else labels, parts=() if one else tuple(names), split=split)
+                       labels=labels[0] if one else labels, parts=() if one else tuple(names), split=split,
+                       **beside)
 
 
 def _settled(spec: DatasetSpec, guesses: list[str]) -> DatasetSpec:

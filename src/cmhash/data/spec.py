@@ -203,8 +203,8 @@ class DatasetSpec:
     labels_base: int | None = None
     num_classes: int | None = None
     orientation: str | Mapping[str, str] | None = None
-    ids: str | None = None
-    views: str | None = None
+    ids: ArrayRef | None = None
+    views: ArrayRef | None = None
     parts: tuple[str, ...] = ()
     split: Mapping[str, Any] = field(default_factory=dict)
     name: str | None = None
@@ -227,7 +227,16 @@ class DatasetSpec:
                 set_(key, tuple(value))
             elif not isinstance(value, str) or not value:
                 raise ValueError(f"spec: '{key}' must name an array (a path as `cmhash data inspect` prints), got {value!r}")
+        for key in ("ids", "views"):
+            value = getattr(self, key)
+            if isinstance(value, (list, tuple)):
+                set_(key, tuple(value))
+            elif value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"spec: '{key}' must name an array or list one per part, got {value!r}")
         blocks = {len(self._blocks(k)) for k in ("image", "text", "labels")}
+        for key in ("ids", "views"):
+            if getattr(self, key) is not None and len(self._blocks(key)) not in blocks:
+                raise ValueError(f"spec: '{key}' must list one array per part, like 'image'")
         if len(blocks) != 1:
             raise ValueError("spec: 'image', 'text' and 'labels' must list the same number of arrays (one per part)")
         (count,) = blocks
@@ -301,7 +310,7 @@ class DatasetSpec:
         """JSON/TOML-ready: None values dropped, paths as strings."""
         out = {k: v for k, v in asdict(self).items() if v not in (None, (), {}) and not (k == "allow_empty_labels" and not v)}
         out["files"] = [str(f) for f in self.files]
-        for key in ("image", "text", "labels", "parts"):
+        for key in ("image", "text", "labels", "parts", "ids", "views"):
             if isinstance(out.get(key), tuple):
                 out[key] = list(out[key])
         return out
@@ -405,12 +414,13 @@ def read_spec(spec: "DatasetSpec | str | os.PathLike | Mapping[str, Any]", *, pr
     labels, notes["labels"] = _labels(pool["labels"], spec, where, "+".join(spec._blocks("labels")))
     views = ids = None
     if spec.views:
-        views = np.asarray(get(spec.views, "views"))
         orient = _orientation_of(spec.orientation, "views") or notes["orientation"].get("image")
-        if views.ndim == 3 and orient == "features-by-items":
-            views = views.T
+        chunks = [np.asarray(get(path, "views")) for path in spec._blocks("views")]
+        chunks = [v.T if v.ndim == 3 and orient == "features-by-items" else v for v in chunks]
+        views = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
     if spec.ids:
-        ids = _vector(get(spec.ids, "ids"))
+        chunks = [_vector(get(path, "ids")) for path in spec._blocks("ids")]
+        ids = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
     try:
         full = CrossModalDataset(
             image=pool["image"], text=pool["text"], labels=labels, views=views, ids=ids, name=name,
