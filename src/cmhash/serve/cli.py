@@ -16,8 +16,9 @@ _D = Limits()
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    from cmhash.cli import fail  # the CLI's one error line (cmhash.cli imports this module at its end)
+
+    fail(message)
 
 
 def serve_cmd(
@@ -45,6 +46,9 @@ def serve_cmd(
     log_level: str = typer.Option("warning", help="uvicorn log level"),
 ) -> None:
     """Serve the search API over HTTP/1.1 until interrupted (docs/service.md)."""
+    from cmhash.cli import _check_port
+
+    _check_port(port)
     try:
         from cmhash.serve.server import serve
     except ImportError as exc:
