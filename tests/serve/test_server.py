@@ -393,3 +393,25 @@ def test_an_unexpected_error_is_a_500_json_without_internals(trained):
     assert reply.status_code == 500 and reply.headers["content-type"] == "application/json"
     assert reply.json() == {"error": "internal error (see the server log)", "code": "internal", "status": 500}
     assert client.get("/health").json() == {"status": "ok"}  # still serving
+
+
+def test_a_read_past_the_request_timeout_is_answered_503_at_the_timeout(trained):
+    """In-process: an index whose search takes 3 s, a 1 s request timeout."""
+    from starlette.testclient import TestClient
+
+    from cmhash.serve._mutable import MutableHammingIndex
+    from cmhash.serve.app import create_app
+
+    class SlowIndex(MutableHammingIndex):
+        def search(self, query_codes, k):
+            time.sleep(3)
+            return super().search(query_codes, k)
+
+    _, model, db_codes = trained
+    index = SlowIndex(24)
+    index.add(db_codes, list(range(len(db_codes))))
+    client = TestClient(create_app(SearchService(model, index, request_timeout=1.0)))
+    t0 = time.monotonic()
+    reply = client.post("/search", json={"codes": [db_codes.data[0].tobytes().hex()], "k": 3})
+    assert reply.status_code == 503 and reply.json()["code"] == "timeout"
+    assert time.monotonic() - t0 < 2.5  # answered at the timeout, not when the search ended

@@ -21,11 +21,11 @@ import logging
 import time
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cmhash.serve import schemas
@@ -101,7 +101,10 @@ def create_app(service: SearchService, api_keys: ApiKeys | None = None) -> "Guar
         # The work runs in a worker thread: the scan kernel releases the GIL, so the event loop keeps
         # reading and answering other connections meanwhile (answering small searches on the loop
         # itself measured half the throughput: benchmarks/bench_serve.py).
-        data = await run_in_threadpool(lambda: _json_bytes(method(*args)))  # encoded off the event loop
+        # A read past the request timeout is abandoned (answered 503; its thread finishes in the
+        # background, still holding its heavy slot); a write is waited for, so that its reply says
+        # whether it was committed.
+        data = await anyio.to_thread.run_sync(lambda: _json_bytes(method(*args)), abandon_on_cancel=scope == "read")
         return Response(data, media_type="application/json")
 
     # ----------------------------------------------------------------- routes

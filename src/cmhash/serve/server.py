@@ -9,6 +9,7 @@ a cap on open connections (answered 503), and JSON error bodies for malformed HT
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import json
 import logging
@@ -134,6 +135,11 @@ def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000, *, 
         await server.startup()
         if server.should_exit:
             raise OSError(f"cannot listen on {host}:{port}")
+        # Everything loaded so far (libraries, app, indexes, payloads) lives as long as the server:
+        # move it out of the garbage collector's sight, so a full collection is not a pause of
+        # ~0.1 s per 1e5 objects (measured ~80 ms for an app with 1e5 items under this machine's load).
+        gc.collect()
+        gc.freeze()
         bound = server.servers[0].sockets[0].getsockname()[:2]
         if on_ready is not None:
             on_ready(*bound)
