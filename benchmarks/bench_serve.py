@@ -20,7 +20,8 @@ the client's cost does not hide the server's). Phases, each bounded in requests 
 - a heavy request stream (256 queries x k=1000 each) on 2 connections beside the open loop.
 
 Reports throughput, p50/p99/max latency, errors, the server's peak resident memory (VmHWM) after each
-phase, the machine load (os.getloadavg) before and after, and HTTP throughput as a ratio to the
+phase, the bound of the server's own histogram (/metrics) under which 99% of a phase's requests
+finished inside the app (time spent waiting for the CPU before the app sees a request is not in it), the machine load (os.getloadavg) before and after, and HTTP throughput as a ratio to the
 in-process peer. Prints a table and writes benchmarks/results/bench_serve.json.
 """
 
@@ -173,6 +174,27 @@ async def open_loop(host: str, port: int, conns: int, rate: float, seconds: floa
 
 
 # --------------------------------------------------------------------- server
+async def server_histogram(host: str, port: int) -> dict[str, int]:
+    """The server's own latency histogram (time inside the app), cumulative counts by bucket bound."""
+    conn = Connection(host, port)
+    _, text = await conn.request("GET", "/metrics")
+    await conn.close()
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(rb'cmhash_request_seconds_bucket\{le="([^"]+)"\} (\d+)', text)}
+
+
+def server_p99_bound_ms(before: dict, after: dict) -> float | None:
+    """The smallest histogram bound under which 99% of the phase's requests finished inside the server."""
+    bounds = [b for b in after if b != b"+Inf"]
+    total = after[b"+Inf"] - before.get(b"+Inf", 0)
+    if total <= 0:
+        return None
+    for b in sorted(bounds, key=float):
+        if after[b] - before.get(b, 0) >= 0.99 * total:
+            return round(float(b) * 1e3, 1)
+    return float("inf")
+
+
 def peak_rss_mb(pid: int) -> dict:
     status = Path(f"/proc/{pid}/status").read_text()
     get = lambda key: round(int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) / 1024, 1)  # noqa: E731
@@ -275,8 +297,11 @@ def main() -> None:
         startup_s = time.perf_counter() - t0
         try:
             def run(coro, phase: str) -> None:
+                before = asyncio.run(server_histogram(host, port))
                 result = asyncio.run(coro)
-                result.update(phase=phase, **peak_rss_mb(proc.pid), load=os.getloadavg()[0])
+                after = asyncio.run(server_histogram(host, port))
+                result.update(phase=phase, **peak_rss_mb(proc.pid), load=os.getloadavg()[0],
+                              server_p99_within_ms=server_p99_bound_ms(before, after))
                 rows.append(result)
                 print(f"  {phase:<28} {result['throughput_rps']:>8} req/s  p99 {result['p99_ms']:>8} ms  "
                       f"errors {result['errors']}", flush=True)
@@ -339,7 +364,7 @@ def main() -> None:
     best_http = max(r["throughput_rps"] for r in rows if r["mode"] == "closed" and "codes" in r["phase"])
     ratio = {name: round(best_http / v["qps"], 4) for name, v in peer.items()}
     header = (f"{'phase':<28} {'conns':>5} {'offered':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-              f"{'errors':>6} {'peak MB':>8} {'client late p99':>15}")
+              f"{'errors':>6} {'peak MB':>8} {'client late p99':>15} {'in-server p99 <=':>16}")
     print()
     print(f"cmhash serve: {args.n} x {args.bits}-bit codes, k=10; load before {load_before[0]:.2f}, "
           f"after {load_after[0]:.2f} (1-min); store fill {fill_s:.1f} s, server start-up {startup_s:.1f} s")
@@ -348,7 +373,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['phase']:<28} {r['connections']:>5} {r.get('offered_rps', '-'):>8} {r['throughput_rps']:>8} "
               f"{r['p50_ms']:>8} {r['p99_ms']:>8} {r['max_ms']:>8} {r['errors']:>6} {r['server_peak_rss_mb']:>8} "
-              f"{r.get('client_late_p99_ms') if r.get('client_late_p99_ms') is not None else '-':>15}")
+              f"{r.get('client_late_p99_ms') if r.get('client_late_p99_ms') is not None else '-':>15} "
+              f"{r['server_p99_within_ms']:>16}")
     print(f"in-process peer (1 query per call, k=10): " +
           ", ".join(f"{k} {v['qps']} q/s" for k, v in peer.items()))
     print(f"HTTP saturation {best_http} req/s = " + ", ".join(f"{v:.3f} x {k}" for k, v in ratio.items()))
