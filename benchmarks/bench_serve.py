@@ -21,7 +21,9 @@ the client's cost does not hide the server's). Phases, each bounded in requests 
 
 Reports throughput, p50/p99/max latency, errors, the server's peak resident memory (VmHWM) after each
 phase, the bound of the server's own histogram (/metrics) under which 99% of a phase's requests
-finished inside the app (time spent waiting for the CPU before the app sees a request is not in it), the machine load (os.getloadavg) before and after, and HTTP throughput as a ratio to the
+finished inside the app (time spent waiting for the CPU before the app sees a request is not in it),
+the server's CPU time per request (user + system, all threads: a cost that the machine's load
+does not inflate much, unlike wall-clock latency), the machine load (os.getloadavg) before and after, and HTTP throughput as a ratio to the
 in-process peer. Prints a table and writes benchmarks/results/bench_serve.json.
 """
 
@@ -151,8 +153,8 @@ async def open_loop(host: str, port: int, conns: int, rate: float, seconds: floa
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+                late.append(time.perf_counter() - due)  # how late the client woke: its own lag
             req = make(i)
-            late.append(time.perf_counter() - due)  # the client's own lag (it is on the same CPUs)
             if await one(conn, req):
                 lat = time.perf_counter() - due
                 latencies.append(lat)
@@ -164,8 +166,8 @@ async def open_loop(host: str, port: int, conns: int, rate: float, seconds: floa
     await asyncio.gather(*(worker(w) for w in range(conns)))
     out = {"mode": "open", "label": label, "connections": conns, "offered_rps": rate,
            **summarize(latencies, errors, time.perf_counter() - t0)}
-    # How late the client itself sent requests (0 when it keeps its schedule): a high value means
-    # the benchmark process, not only the server, was kept off the CPU.
+    # How late the client woke for requests it was on time for (its event loop's own lag, ~0 when it
+    # gets the CPU): a high value means the benchmark process, not only the server, was kept waiting.
     out["client_late_p99_ms"] = round(float(np.percentile(np.array(late) * 1e3, 99)), 2) if late else None
     if len(kinds) > 1:
         out["by_path"] = {m: {"n": len(v), "p99_ms": round(float(np.percentile(np.array(v) * 1e3, 99)), 2)}
@@ -193,6 +195,12 @@ def server_p99_bound_ms(before: dict, after: dict) -> float | None:
         if after[b] - before.get(b, 0) >= 0.99 * total:
             return round(float(b) * 1e3, 1)
     return float("inf")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> dict:
@@ -248,6 +256,7 @@ def main() -> None:
     parser.add_argument("--open-seconds", type=float, default=20.0, help="length of each open-loop phase")
     parser.add_argument("--closed-count", type=int, default=4000, help="requests per closed-loop level (at most)")
     parser.add_argument("--closed-seconds", type=float, default=10.0, help="seconds per closed-loop level (at most)")
+    parser.add_argument("--settle", type=float, default=3.0, help="idle seconds before each phase")
     parser.add_argument("--quick", action="store_true", help="5 s phases: a smoke run")
     parser.add_argument("--done-when-only", action="store_true",
                         help="only the saturation levels 16/64 and the done-when open loop, three times")
@@ -297,11 +306,15 @@ def main() -> None:
         startup_s = time.perf_counter() - t0
         try:
             def run(coro, phase: str) -> None:
+                time.sleep(args.settle)  # let the previous phase's connections close and the server idle
                 before = asyncio.run(server_histogram(host, port))
+                cpu0 = cpu_seconds(proc.pid)
                 result = asyncio.run(coro)
+                cpu = cpu_seconds(proc.pid) - cpu0
                 after = asyncio.run(server_histogram(host, port))
                 result.update(phase=phase, **peak_rss_mb(proc.pid), load=os.getloadavg()[0],
-                              server_p99_within_ms=server_p99_bound_ms(before, after))
+                              server_p99_within_ms=server_p99_bound_ms(before, after),
+                              server_cpu_ms_per_request=round(1e3 * cpu / max(1, result["requests"]), 3))
                 rows.append(result)
                 print(f"  {phase:<28} {result['throughput_rps']:>8} req/s  p99 {result['p99_ms']:>8} ms  "
                       f"errors {result['errors']}", flush=True)
@@ -364,7 +377,7 @@ def main() -> None:
     best_http = max(r["throughput_rps"] for r in rows if r["mode"] == "closed" and "codes" in r["phase"])
     ratio = {name: round(best_http / v["qps"], 4) for name, v in peer.items()}
     header = (f"{'phase':<28} {'conns':>5} {'offered':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-              f"{'errors':>6} {'peak MB':>8} {'client late p99':>15} {'in-server p99 <=':>16}")
+              f"{'errors':>6} {'peak MB':>8} {'client late p99':>15} {'in-server p99 <=':>16} {'CPU ms/req':>10}")
     print()
     print(f"cmhash serve: {args.n} x {args.bits}-bit codes, k=10; load before {load_before[0]:.2f}, "
           f"after {load_after[0]:.2f} (1-min); store fill {fill_s:.1f} s, server start-up {startup_s:.1f} s")
@@ -374,7 +387,7 @@ def main() -> None:
         print(f"{r['phase']:<28} {r['connections']:>5} {r.get('offered_rps', '-'):>8} {r['throughput_rps']:>8} "
               f"{r['p50_ms']:>8} {r['p99_ms']:>8} {r['max_ms']:>8} {r['errors']:>6} {r['server_peak_rss_mb']:>8} "
               f"{r.get('client_late_p99_ms') if r.get('client_late_p99_ms') is not None else '-':>15} "
-              f"{r['server_p99_within_ms']:>16}")
+              f"{r['server_p99_within_ms']:>16} {r['server_cpu_ms_per_request']:>10}")
     print(f"in-process peer (1 query per call, k=10): " +
           ", ".join(f"{k} {v['qps']} q/s" for k, v in peer.items()))
     print(f"HTTP saturation {best_http} req/s = " + ", ".join(f"{v:.3f} x {k}" for k, v in ratio.items()))
@@ -386,7 +399,7 @@ def main() -> None:
           f"{len(met)} runs (" + ", ".join(f"errors {r['errors']} p99 {r['p99_ms']} ms" for r in targets) + ")")
     write_json(args.out, {
         "benchmark": "bench_serve", "n": args.n, "bits": args.bits, "k": 10, "rate": args.rate,
-        "open_seconds": args.open_seconds, "closed_count": args.closed_count, "closed_seconds": args.closed_seconds,
+        "open_seconds": args.open_seconds, "settle_seconds": args.settle, "closed_count": args.closed_count, "closed_seconds": args.closed_seconds,
         "seed": args.seed, "cpu_count": os.cpu_count(), "load_before": load_before, "load_after": load_after,
         "store_fill_seconds": round(fill_s, 2), "server_startup_seconds": round(startup_s, 2),
         "in_process": peer, "http_saturation_rps": best_http, "http_over_in_process": ratio,

@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -89,6 +90,8 @@ def create_app(service: SearchService, api_keys: ApiKeys | None = None) -> "Guar
     async def _internal_error(request: Request, exc: Exception) -> Response:
         return json_response(error_body(500, "internal", "internal error (see the server log)"), 500)
 
+    workers: list[anyio.CapacityLimiter | None] = [None]  # made on first use, inside the event loop
+
     async def body_of(request: Request) -> Any:
         return parse_json(await request.body(), limits.max_json_depth)
 
@@ -104,7 +107,10 @@ def create_app(service: SearchService, api_keys: ApiKeys | None = None) -> "Guar
         # A read past the request timeout is abandoned (answered 503; its thread finishes in the
         # background, still holding its heavy slot); a write is waited for, so that its reply says
         # whether it was committed.
-        data = await anyio.to_thread.run_sync(lambda: _json_bytes(method(*args)), abandon_on_cancel=scope == "read")
+        if workers[0] is None:
+            workers[0] = anyio.CapacityLimiter(limits.worker_threads)
+        data = await anyio.to_thread.run_sync(lambda: _json_bytes(method(*args)), abandon_on_cancel=scope == "read",
+                                              limiter=workers[0])
         return Response(data, media_type="application/json")
 
     # ----------------------------------------------------------------- routes

@@ -43,6 +43,7 @@ def serve_cmd(
     header_timeout: float = typer.Option(_D.header_timeout, help="seconds to receive a request's headers"),
     keep_alive: float = typer.Option(_D.keep_alive, help="seconds an idle keep-alive connection stays open"),
     max_connections: int = typer.Option(_D.max_connections, help="open connections (more get 503)"),
+    worker_threads: int = typer.Option(_D.worker_threads, help="threads doing requests' work"),
     log_level: str = typer.Option("warning", help="uvicorn log level"),
 ) -> None:
     """Serve the search API over HTTP/1.1 until interrupted (docs/service.md)."""
@@ -64,7 +65,8 @@ def serve_cmd(
         limits = Limits(max_queries=max_queries, max_k=max_k, max_results=max_results, max_items=max_items,
                         max_body_bytes=max_body_bytes, max_json_depth=max_json_depth, heavy_results=heavy_results,
                         max_heavy=max_heavy, request_timeout=request_timeout, header_timeout=header_timeout,
-                        keep_alive=keep_alive, max_connections=max_connections)
+                        keep_alive=keep_alive, max_connections=max_connections,
+                        worker_threads=worker_threads)
         keys = ApiKeys.from_file(api_keys) if api_keys else ApiKeys.from_env()
         hash_model = HashModel.load(resolve_model_path(model)) if model else None
         if index is not None:

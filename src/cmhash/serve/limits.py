@@ -53,6 +53,7 @@ class Limits:
     header_timeout: float = 10.0     # seconds a client may take to send a request's headers
     keep_alive: float = 15.0         # seconds an idle keep-alive connection stays open
     max_connections: int = 1024      # open connections; more are answered 503 and closed
+    worker_threads: int = 8          # threads doing requests' work (more only contend for the GIL)
 
     def __post_init__(self) -> None:
         for f in fields(self):

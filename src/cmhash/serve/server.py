@@ -14,7 +14,6 @@ import ipaddress
 import json
 import logging
 import socket
-import sys
 from typing import Any
 
 import h11
@@ -26,7 +25,6 @@ from cmhash.serve.limits import Limits, error_body
 from cmhash.serve.service import SearchService
 
 log = logging.getLogger("cmhash.serve")
-SWITCH_INTERVAL = 0.001  # seconds; see serve()
 
 
 def is_loopback(host: str) -> bool:
@@ -123,9 +121,6 @@ def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000, *, 
           insecure: bool = False, log_level: str = "warning", on_ready: Any = None) -> None:
     """Serve until interrupted (SIGINT/SIGTERM). ``on_ready(host, port)`` is called once listening."""
     check_exposure(host, api_keys, insecure)
-    # Heavy requests spend part of their time in Python (building replies) holding the GIL; a
-    # shorter switch interval (default 5 ms) lets the event loop in sooner to answer small ones.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     config = make_config(service, host, port, api_keys=api_keys, log_level=log_level)
     server = uvicorn.Server(config)
 
