@@ -10,7 +10,7 @@ to score. The test queries are never loaded into any score.
         [--dataset wiki] [--bits 16] [--seeds 0] [--candidates NAME ...]
 
 A candidate is ``label=key:value,key:value`` over HINT's defaults (values parsed as JSON), e.g.
-``literal=target:"per_modality",pair_in_cross:false``. Results are merged into
+``literal=target:"per_modality",pair_in_cross:false`` (``preset:"v1"`` picks a preset). Results are merged into
 benchmarks/results/hint_validation.json, keyed by dataset / bits / seed / candidate.
 """
 
@@ -56,6 +56,16 @@ def validation_map(model, fit, val) -> dict[str, float]:
     return out
 
 
+def code_spread(model, part) -> dict[str, dict[str, float]]:
+    """Per modality: distinct codes among the items, and mean |bit mean| (1 = every bit constant)."""
+    out = {}
+    for m in ("image", "text"):
+        bits = model.encode(m, part.features(m)).unpack().astype(np.float64)  # +-1
+        out[m] = {"unique_codes": int(len(np.unique(bits, axis=0))),
+                  "mean_abs_bit_mean": round(float(np.abs(bits.mean(axis=0)).mean()), 4)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="wiki")
@@ -74,14 +84,15 @@ def main() -> None:
         for text in args.candidates:
             label, params = parse_candidate(text)
             start = time.perf_counter()
-            model = get_method("hint", **params).fit(fit, args.bits, seed=seed)
+            kwargs = dict(params)
+            model = get_method("hint", preset=kwargs.pop("preset", None), **kwargs).fit(fit, args.bits, seed=seed)
             scores = validation_map(model, fit, val)
             rec = model.record["hint"]
             entry = {
                 "dataset": args.dataset, "bits": args.bits, "seed": seed, "candidate": label,
                 "params": params, "val_fraction": args.val_fraction,
                 "fit_size": len(fit_idx), "val_size": len(val_idx),
-                "val_map": scores, "seconds": round(time.perf_counter() - start, 1),
+                "val_map": scores, "fit_codes": code_spread(model, fit), "seconds": round(time.perf_counter() - start, 1),
                 "pairs_in_one_community": rec.get("pairs_in_one_community"),
                 "pair_in_cross": rec.get("pair_in_cross"),
                 "pair_bit_agreement": rec.get("pair_bit_agreement"),
@@ -94,6 +105,7 @@ def main() -> None:
             write_json(RESULTS, results)
             print(f"{args.dataset} {args.bits} bits seed {seed} {label:>28}: val I->T {scores['i2t']:.4f} "
                   f"T->I {scores['t2i']:.4f} mean {scores['mean']:.4f}  agree {entry['pair_bit_agreement']:.3f} "
+                  f"unique {entry['fit_codes']['image']['unique_codes']}/{entry['fit_codes']['text']['unique_codes']} "
                   f"({entry['seconds']} s)", flush=True)
 
 
