@@ -11,7 +11,8 @@ to score. The test queries are never loaded into any score.
 
 A candidate is ``label=key:value,key:value`` over HINT's defaults (values parsed as JSON), e.g.
 ``literal=target:"per_modality",pair_in_cross:false`` (``preset:"v1"`` picks a preset). Results are merged into
-benchmarks/results/hint_validation.json, keyed by dataset / bits / seed / candidate.
+benchmarks/results/hint_validation.json, keyed by dataset / bits / seed / candidate; ``params``
+are over the defaults of the code that ran (``hparams``: all of them, where recorded).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def main() -> None:
             rec = model.record["hint"]
             entry = {
                 "dataset": args.dataset, "bits": args.bits, "seed": seed, "candidate": label,
-                "params": params, "val_fraction": args.val_fraction,
+                "params": params, "hparams": model.hparams, "val_fraction": args.val_fraction,
                 "fit_size": len(fit_idx), "val_size": len(val_idx),
                 "val_map": scores, "fit_codes": code_spread(model, fit), "seconds": round(time.perf_counter() - start, 1),
                 "pairs_in_one_community": rec.get("pairs_in_one_community"),
