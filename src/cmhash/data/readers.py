@@ -107,6 +107,12 @@ LAYOUTS: tuple[Layout, ...] = (
         pool=("all",),
     ),
     Layout(
+        "features",
+        {p: (f"{p}/image", f"{p}/text", f"{p}/labels") for p in ("database", "query")},
+        "cmhash features --query N: database/ and query/ parts, each with image, text, labels",
+        query="query", database="database", train="database", pool=("database", "query"),
+    ),
+    Layout(
         "pickle",
         {p: (f"{p}/image", f"{p}/text", f"{p}/label") for p in ("train", "query", "retrieval")},
         "pickled dicts train / query / retrieval, each with image, text, label (CLIP-hashing repos)",
@@ -146,6 +152,8 @@ class Source:
             image=np.concatenate([p.image for p in chosen]),
             text=np.concatenate([p.text for p in chosen]),
             labels=np.concatenate([p.labels for p in chosen]),
+            views=_concat_optional([p.views for p in chosen]),
+            ids=_concat_optional([p.ids for p in chosen]),
             name=first.name.split("/")[0],
             allow_empty_labels=any(p.allow_empty_labels for p in chosen),
         )
@@ -375,7 +383,7 @@ def read_source(
         try:
             parts[part] = CrossModalDataset(
                 image=_dense(image), text=_dense(text), labels=labels[part], name=f"{name}/{part}",
-                allow_empty_labels=allow_empty_labels,
+                allow_empty_labels=allow_empty_labels, **_beside(keys[0], arrays, layout),
             )
         except ValueError as exc:
             raise ValueError(
@@ -467,3 +475,17 @@ def _labels_to_multi_hot(
     except ValueError as exc:
         raise ValueError(f"{where}: label class indices: {exc}") from exc
     return out, {"labels": f"class indices ({base}-based) converted to one-hot, {num_classes} classes"}
+
+
+def _beside(image_key: str, arrays: dict[str, Any], layout: Layout) -> dict[str, np.ndarray]:
+    """A cmhash file's optional ``views`` and ``ids`` beside a part's ``image`` key
+    (``views`` / ``ids``, or ``<part>/views`` / ``<part>/ids``), as written by ``cmhash features``."""
+    if layout.name not in ("npz", "features"):
+        return {}
+    prefix = image_key[: -len("image")]
+    return {k: np.asarray(arrays[prefix + k]) for k in ("views", "ids") if prefix + k in arrays}
+
+
+def _concat_optional(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+    """Parts' views (or ids) joined, when every part has them."""
+    return None if any(a is None for a in arrays) else np.concatenate(arrays)
