@@ -12,8 +12,8 @@ No public code; every step follows ``papers/HINT.txt`` and METHODS.md:
    at the start of every epoch (the proxies are targets).
 3. Modality mixup (Eq. 6): lambda = ``mmd_scale`` x Gaussian-kernel MMD between the profiles
    rho(m_same, B) and rho(m_cross, B) (rho = cosine distance to the batch's codes of both
-   modalities; bandwidth by the median heuristic), b_mix = sign(lambda/(1+lambda) m_same +
-   1/(1+lambda) m_cross), detached.
+   modalities; bandwidth by the median heuristic), mix_i^m = lambda/(1+lambda) m_same +
+   1/(1+lambda) m_cross, b_mix = its sign (one per pair by default: ``target`` below), detached.
 4. L_hash (Eq. 7): InfoNCE between each item's relaxed code and the batch's b_mix (tau = 0.3),
    for both modalities. *Decision*: the similarity is the cosine (``hash_similarity="inner"``
    gives the paper's literal inner product, whose logits grow with the code length).
