@@ -390,7 +390,7 @@ def run_cmd(
 ) -> None:
     """Fill a config's grid of runs; re-running skips finished cells (safe to interrupt)."""
     from cmhash.experiments.config import ConfigError, load_config, method_availability
-    from cmhash.experiments.runner import run_grid, unique_cells
+    from cmhash.experiments.runner import is_current, run_grid, unique_cells
     from cmhash.experiments.store import ResultsStore, StoreLocked
     from cmhash.progress import ConsoleProgress
 
@@ -403,15 +403,20 @@ def run_cmd(
     results = out or f"results/{cfg.name}"
     cells = unique_cells(cfg)
     store = ResultsStore(results)
-    finished = sum(store.has(c.key) for c in cells)
+    current = {c.key: is_current(store, c) for c in cells}
+    finished = sum(current.values())
+    stale = sum(store.has(c.key) and not current[c.key] for c in cells)
     console.print(f"{cfg.name}: {len(cells)} cells, {finished} finished, results in {results}")
+    if stale:
+        console.print(f"[yellow]note:[/] {stale} finished cell(s) were trained with other hyper-parameters "
+                      "(a method default changed since): they run again")
     for name in sorted({c.method.name for c in cells}):
         why = method_availability(name)
         if why is not None:
             console.print(f"[yellow]warning:[/] method '{name}' is not available ({why}); its cells will fail")
     if dry_run:
         for c in cells:
-            console.print(f"  {'done ' if store.has(c.key) else 'to do'}  {c.key}  {c.describe()}")
+            console.print(f"  {'done ' if current[c.key] else 'to do'}  {c.key}  {c.describe()}")
         return
     try:
         summary = run_grid(cfg, results, jobs=jobs, progress=ConsoleProgress())
