@@ -50,7 +50,7 @@ METHODS.md. On top of the shared deep engine:
      the training pairs; never the test queries) for the WIKI family (WIKI and WIKI-RoPH, 16 bits,
      seeds 0-1, official noise; configs/idgh-margin-validation.toml) among 0.05, 0.25 and 0.4:
      validation mAP@all (mean of both directions, mean of 2 seeds) WIKI 44.95 / 47.43 / 47.71,
-     WIKI-RoPH 42.57 / 53.21 / 51.64, mean 43.76 / **50.32** / 49.67, so ``margin=0.25``. With
+     WIKI-RoPH 42.57 / 53.21 / 51.63, mean 43.76 / **50.32** / 49.67, so ``margin=0.25``. With
      0.05 and no classifier term the codes binarise badly (WIKI, text: 59-71 distinct codes among
      2,173 items, mean |bit mean| 0.63-0.73; at 0.25: 247-291 and 0.22-0.28). Other dataset
      families (MIRFlickr, NUS-WIDE) have no data here to choose on; the default carries over.
