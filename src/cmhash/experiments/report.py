@@ -36,7 +36,7 @@ METRIC_TITLES.update({
     "unique_codes_image": "distinct image codes (training set)",
     "unique_codes_text": "distinct text codes (training set)",
     "unique_share_image": "distinct image codes / items", "unique_share_text": "distinct text codes / items",
-    "bit_mean_abs_image": "mean |bit mean|, image", "bit_mean_abs_text": "mean |bit mean|, text",
+    "bit_mean_abs_image": "mean abs(bit mean), image", "bit_mean_abs_text": "mean abs(bit mean), text",
     "best_epoch": "selected epoch", "best_val_map": "validation mAP@all (%)",
 })
 LOWER_IS_BETTER = {"train_time_s", "eval_time_s"}
