@@ -240,14 +240,15 @@ def synthesize(centres: torch.Tensor, roots: list[torch.Tensor], eta: float) -> 
     ``roots[s]`` is the s-th sample's Sigma^p of each row (:func:`covariance_roots`): (B x K)
     elementwise or (B x K x K) matrix powers.
     """
+    if not roots:
+        raise ValueError("synthesize: no roots (one per sample) given")
     b, k = centres.shape
     eps = torch.randn(len(roots), b, k, device=centres.device, dtype=centres.dtype)
     noise = []
     for s, root in enumerate(roots):
         root = root.to(centres.dtype)
         noise.append(root * eps[s] if root.dim() == 2 else torch.einsum("bkl,bl->bk", root, eps[s]))
-    out = centres.unsqueeze(0) + math.sqrt(eta) * torch.stack(noise) if roots else centres[:0].unsqueeze(0)
-    return out.reshape(len(roots) * b, k)
+    return (centres.unsqueeze(0) + math.sqrt(eta) * torch.stack(noise)).reshape(len(roots) * b, k)
 
 
 def ndcg_triplet_weights(la: torch.Tensor, lb: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
