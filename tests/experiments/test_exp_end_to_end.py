@@ -280,6 +280,10 @@ def test_run_diagnostics_are_table_metrics():
     assert metric_value(rec, "diag:hint.pair_agreement") == 0.97
     assert metric_value(rec, "diag:selection") is None and metric_value(rec, "diag:flag") is None
     assert metric_value(rec, "diag:missing") is None and metric_value(rec, "unique_codes_text") is None
+    # a method's own record section, outside "diagnostics" (HINT's "hint"), is reached by its path
+    own = {"metrics": {}, "record": {"hint": {"pairs_in_one_community": 0.25, "tree": {"levels": 3}}}}
+    assert metric_value(own, "diag:hint.pairs_in_one_community") == 0.25
+    assert metric_value(own, "diag:hint.tree.levels") == 3.0 and metric_value(own, "diag:hint.nothing") is None
     old = {"metrics": {}, "record": {"training": {"selected_epoch": 7, "best_val_map": 0.5}}}  # before diagnostics
     assert metric_value(old, "best_epoch") == 7.0 and metric_value(old, "best_val_map") == 50.0
     cells = {("unique_codes_image", "A", 16): [800.0, 812.0], ("unique_codes_image", "B", 16): [10.0, 12.0],

@@ -55,7 +55,8 @@ METRIC_NAMES = (
     "train_time_s", "eval_time_s",
 )
 # Run diagnostics a table can show (from record["diagnostics"], written by the deep engine), and
-# the prefix that reaches any numeric scalar there: "diag:<name>" ("diag:<a>.<b>" inside a dict).
+# the prefix that reaches any numeric scalar there: "diag:<name>" ("diag:<a>.<b>" inside a dict),
+# or, failing that, in the run record itself (a method's own section: "diag:hint.pair_bit_agreement").
 DIAGNOSTIC_NAMES = (
     "unique_codes_image", "unique_codes_text", "unique_share_image", "unique_share_text",
     "bit_mean_abs_image", "bit_mean_abs_text", "best_epoch", "best_val_map",

@@ -62,13 +62,20 @@ def is_ranked(metric: str) -> bool:
 
 
 def diagnostic_value(record: dict[str, Any], name: str) -> float | None:
-    """A numeric scalar of a cell's ``record["diagnostics"]`` (``a.b`` = key b of the dict a);
-    None when absent or not a number. Records written before the engine kept diagnostics still
-    give ``best_epoch`` and ``best_val_map`` from their training record."""
+    """A numeric scalar of a cell's ``record["diagnostics"]`` (``a.b`` = key b of the dict a), else
+    of the run record itself (a method's own section, e.g. ``hint.pair_bit_agreement``); None
+    when absent or not a number. Records written before the engine kept diagnostics still give
+    ``best_epoch`` and ``best_val_map`` from their training record."""
     run = record.get("record", {})
-    value: Any = run.get("diagnostics", {})
-    for part in name.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
+
+    def lookup(value: Any) -> Any:
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    value = lookup(run.get("diagnostics", {}))
+    if value is None:
+        value = lookup(run)
     if value is None and name in ("best_epoch", "best_val_map"):
         value = run.get("training", {}).get("selected_epoch" if name == "best_epoch" else "best_val_map")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
