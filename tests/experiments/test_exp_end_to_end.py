@@ -320,3 +320,11 @@ def test_diagnostic_metrics_in_a_config(tmp_path):
     bad = {**raw, "report": {"tables": [{"title": "x", "metrics": ["unique_codes"]}]}}
     with pytest.raises(ValueError, match=r"metrics\[0\].*diag:<name>"):
         parse_config(bad, source="bad")
+
+
+def test_table_where_takes_one_value_or_a_list():
+    from cmhash.experiments.report import _matches
+
+    assert _matches("HINT", "HINT") and not _matches("HINT V1", "HINT")
+    assert _matches("HINT V1", ["HINT", "HINT V1"]) and not _matches("DEMO", ["HINT", "HINT V1"])
+    assert _matches(16, [16, 32]) and not _matches(64, [16, 32])

@@ -206,9 +206,16 @@ def default_table_specs(config: ExperimentConfig) -> list[TableSpec]:
     return specs
 
 
+def _matches(value: Any, wanted: Any) -> bool:
+    """A table's ``where`` filter: one value, or a list of accepted values."""
+    if isinstance(wanted, list):
+        return any(_norm(value) == _norm(w) for w in wanted)
+    return _norm(value) == _norm(wanted)
+
+
 def _build(spec: TableSpec, entries: list[Entry]) -> list[Table]:
-    done = [e for e in entries if all(_norm(e.dim(k)) == _norm(v) for k, v in spec.where.items())]
-    fixed = {spec.rows, spec.columns, "seed", *spec.where}
+    done = [e for e in entries if all(_matches(e.dim(k), v) for k, v in spec.where.items())]
+    fixed = {spec.rows, spec.columns, "seed", *(k for k, v in spec.where.items() if not isinstance(v, list))}
     other_dims = [d for d in ("dataset", *SCENARIO_AXES, "bits", "method") if d not in fixed]
     groups: dict[tuple, list[Entry]] = defaultdict(list)
     for e in done:
