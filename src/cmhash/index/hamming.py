@@ -43,8 +43,9 @@ class HammingIndex:
     Ids are optional: an index either gives every item an id (integers or strings, unique) or
     none, in which case an item's id is its insertion position. ``search`` and ``range_search``
     return ids and distances ranked by distance, then insertion order. ``backend`` picks the
-    top-k kernel: ``"numpy"``, ``"numba"`` (the ``fast`` extra) or ``"auto"`` (numba when
-    installed); both give identical results. Radius search always runs on numpy. ``info`` is a
+    kernel of both searches: ``"numpy"``, ``"numba"`` (the ``fast`` extra) or ``"auto"`` (numba
+    when installed); both give identical results. ``threads`` (attribute; None: every core) bounds
+    the numba kernels' threads. ``info`` is a
     JSON-ready dict saved with the index (e.g. which modality and dataset the codes came from).
     """
 
@@ -62,6 +63,7 @@ class HammingIndex:
         self._n = 0
         self._ids: np.ndarray | None = None  # None: ids are insertion positions
         self._wide: np.ndarray | None = None  # uint64 copy of narrow words for the numba kernel
+        self.threads: int | None = None  # threads of the numba kernels (None: every core)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -199,7 +201,7 @@ class HammingIndex:
             pos = np.empty((qw.shape[0], k), dtype=np.int64)
             dist = np.empty((qw.shape[0], k), dtype=np.uint16)
         elif self.kernel == "numba":
-            pos, dist = kernels.topk_numba(qw, self._numba_words(), k, self._nbits)
+            pos, dist = kernels.topk_numba(qw, self._numba_words(), k, self._nbits, threads=self.threads)
         else:
             pos, dist = kernels.topk_numpy(qw, self._words[: self._n], k, self._nbits)
         return self._to_ids(pos), dist
@@ -213,7 +215,10 @@ class HammingIndex:
         if self._n == 0:
             empty = (np.empty(0, dtype=self.ids.dtype), np.empty(0, dtype=np.uint16))
             return [empty for _ in range(qw.shape[0])]
-        hits = kernels.radius_numpy(qw, self._words[: self._n], int(radius), self._nbits)
+        if self.kernel == "numba":
+            hits = kernels.radius_numba(qw, self._numba_words(), int(radius), self._nbits, threads=self.threads)
+        else:
+            hits = kernels.radius_numpy(qw, self._words[: self._n], int(radius), self._nbits)
         return [(self._to_ids(pos), dist) for pos, dist in hits]
 
     def _numba_words(self) -> np.ndarray:
