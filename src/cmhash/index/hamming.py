@@ -1,8 +1,8 @@
 """HammingIndex: exact search over packed binary codes, with external ids, saved safely.
 
 Results follow PROTOCOL.md: distance ascending, ties by insertion order (the position at which an
-item was added), whatever the backend or thread count. The file format (one ``.npz`` written by
-:func:`cmhash.io.save_arrays`, no pickles) is described in docs/index.md.
+item was added), whatever the backend or thread count. The file format (one ``.npz``-compatible
+zip, no pickles; version 2, reads version 1) is described in docs/index.md.
 """
 
 from __future__ import annotations
@@ -17,17 +17,19 @@ from typing import Any
 import numpy as np
 
 from cmhash.codes import CodesLike, PackedCodes, as_packed
-from cmhash.index import kernels
-from cmhash.io import META_KEY, load_arrays, save_arrays
+from cmhash.index import _store, kernels
+from cmhash.io import META_KEY, load_arrays
 
 FORMAT = "cmhash-hamming-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = (1, 2)
 BACKENDS = ("auto", "numpy", "numba")
 MAX_BITS = 65_535
 
 
 def codes_checksum(data: np.ndarray, ids: np.ndarray | None) -> str:
-    """sha256 of the packed code bytes (and of the ids, when the index has its own)."""
+    """The checksum of format version 1: sha256 of the packed code bytes (and of the ids, when
+    the index has its own). Version 2 keeps a CRC-32 per stored array instead (index/_store.py)."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(data).tobytes())
     if ids is not None:
@@ -235,70 +237,87 @@ class HammingIndex:
         return positions if self._ids is None else self._ids[positions]
 
     # ----------------------------------------------------------- persistence
+    def _arrays_to_save(self) -> dict[str, np.ndarray]:
+        """Every array the file holds (each stored as a member with its own checksum)."""
+        arrays = {"codes": np.ascontiguousarray(self._packed())}
+        if self._ids is not None:
+            arrays["ids"] = self._ids
+        return arrays
+
     def save(self, path: str | Path) -> Path:
-        """Write the index to ``path`` (one .npz, atomically, no pickles) with a checksum."""
+        """Write the index to ``path`` (format version 2: one .npz-compatible zip, atomically, no
+        pickles, a CRC-32 per array computed once while writing; docs/index.md)."""
         try:
             json.dumps(self.info)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"index info must be JSON-ready (str, numbers, lists, dicts): {exc}") from exc
-        data = np.ascontiguousarray(self._packed())
-        arrays = {"codes": data}
-        if self._ids is not None:
-            arrays["ids"] = self._ids
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "nbits": self._nbits,
             "n": self._n,
             "has_ids": self._ids is not None,
-            "checksum": "sha256:" + codes_checksum(data, self._ids),
             "info": self.info,
         }
-        save_arrays(path, arrays, meta)
+        _store.write(path, self._arrays_to_save(), meta)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, *, backend: str = "auto", mmap: bool = False, verify: bool = True) -> "HammingIndex":
-        """Read an index written by :meth:`save`; a corrupt, truncated or foreign file raises
-        ValueError naming the file.
+        """Read an index written by :meth:`save` (format version 2, or version 1); a corrupt,
+        truncated or foreign file raises ValueError naming the file.
 
         ``mmap=True`` maps the codes from the file instead of reading them (read-only; codes of
         1, 2, 4 or a multiple of 8 bytes are scanned in place, other lengths are copied once).
-        ``verify=False`` skips the checksum (which reads every code byte).
+        ``verify=False`` skips the checksum pass (one CRC-32 over every stored byte).
         """
-        arrays, meta = _read_mapped(path) if mmap else load_arrays(path)
+        meta = _store.read_meta(path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a cmhash Hamming index (format={meta.get('format')!r})")
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        if version not in READS_VERSIONS:
             raise ValueError(
-                f"{path}: index format version {meta.get('format_version')!r} is not supported "
-                f"(this cmhash reads version {FORMAT_VERSION})"
+                f"{path}: index format version {version!r} is not supported "
+                f"(this cmhash reads versions {', '.join(map(str, READS_VERSIONS))})"
             )
         try:
             nbits, n, has_ids = int(meta["nbits"]), int(meta["n"]), bool(meta["has_ids"])
-            checksum = str(meta["checksum"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: the index metadata is incomplete: {exc!r}") from exc
+        if version == 1:
+            arrays = _load_version_1(path, meta, mmap=mmap, verify=verify)
+        else:
+            arrays = _store.read_arrays(path, meta, mmap=("codes",) if mmap else (), verify=verify)
         data = arrays.get("codes")
         if data is None or data.dtype != np.uint8 or data.shape != (n, (nbits + 7) // 8):
             got = None if data is None else f"{data.dtype} {data.shape}"
             raise ValueError(f"{path}: 'codes' should be uint8 ({n}, {(nbits + 7) // 8}), got {got}")
         ids = arrays.get("ids") if has_ids else None
-        if has_ids and (ids is None or ids.shape != (n,)):
-            raise ValueError(f"{path}: 'ids' should have shape ({n},), got {None if ids is None else ids.shape}")
-        if verify and checksum != "sha256:" + codes_checksum(data, ids):
-            raise ValueError(f"{path}: checksum mismatch: the codes or ids are corrupt")
+        if has_ids and (ids is None or ids.shape != (n,) or ids.dtype.kind not in "iU"):
+            got = None if ids is None else f"{ids.dtype} {ids.shape}"
+            raise ValueError(f"{path}: 'ids' should be int64 or unicode ({n},), got {got}")
         index = cls(nbits, backend=backend, info=meta.get("info") or {})
         try:
             packed = PackedCodes(data, nbits)  # checks the padding bits
-            index._ids = index._check_ids(ids, n)
+            if has_ids and not verify:  # a verified file holds the ids add() checked: not again
+                index._check_ids(ids, n)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
         # The loaded (or mapped) bytes become the scan words without a copy; capacity = n, so the
         # next add moves them into a fresh, growable array.
+        index._ids = None if ids is None else (ids.astype(np.int64, copy=False) if ids.dtype.kind == "i" else ids)
         index._words = kernels.to_words(packed.data)
         index._n = n
         return index
+
+
+def _load_version_1(path: str | Path, meta: dict[str, Any], *, mmap: bool, verify: bool) -> dict[str, np.ndarray]:
+    """The arrays of a version-1 file (np.savez; sha256 of the codes, then the ids, in the meta)."""
+    arrays, _ = _read_mapped(path) if mmap else load_arrays(path)
+    data, ids = arrays.get("codes"), arrays.get("ids") if meta.get("has_ids") else None
+    if verify and data is not None and str(meta.get("checksum")) != "sha256:" + codes_checksum(data, ids):
+        raise ValueError(f"{path}: checksum mismatch: the codes or ids are corrupt")
+    return arrays
 
 
 def _read_mapped(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
