@@ -78,26 +78,63 @@ def _append(qrow, blk, p, b, bound, out_pos, out_d, cnt):
 
 
 @njit(nogil=True, cache=True)
+def _collect1(x, flat, lo, hi, bound, out_pos, out_d):
+    """:func:`collect` for codes of one word."""
+    cnt = 0
+    for b in range((hi - lo) // BLOCK):  # whole blocks: count first, write only blocks with hits
+        p = lo + b * BLOCK
+        blk = flat[p : p + BLOCK]
+        if _count1(x, blk, bound) > 0:  # rare once a top-k bound is tight
+            for j in range(BLOCK):
+                d = popcount(x ^ blk[j])
+                out_pos[cnt] = p + j
+                out_d[cnt] = d
+                cnt += d < bound  # branch-free: a miss is overwritten by the next code
+    for p in range(lo + (hi - lo) // BLOCK * BLOCK, hi):  # the tail
+        d = popcount(x ^ flat[p])
+        out_pos[cnt] = p
+        out_d[cnt] = d
+        cnt += d < bound
+    return cnt
+
+
+@njit(nogil=True, cache=True)
+def _collect2(x0, x1, flat, lo, hi, bound, out_pos, out_d):
+    """:func:`collect` for codes of two words."""
+    cnt = 0
+    for b in range((hi - lo) // BLOCK_WIDE):
+        p = lo + b * BLOCK_WIDE
+        blk = flat[2 * p : 2 * (p + BLOCK_WIDE)]
+        if _count2(x0, x1, blk, bound) > 0:
+            for j in range(BLOCK_WIDE):
+                d = popcount(x0 ^ blk[2 * j]) + popcount(x1 ^ blk[2 * j + 1])
+                out_pos[cnt] = p + j
+                out_d[cnt] = d
+                cnt += d < bound
+    for p in range(lo + (hi - lo) // BLOCK_WIDE * BLOCK_WIDE, hi):
+        d = popcount(x0 ^ flat[2 * p]) + popcount(x1 ^ flat[2 * p + 1])
+        out_pos[cnt] = p
+        out_d[cnt] = d
+        cnt += d < bound
+    return cnt
+
+
+@njit(nogil=True, cache=True)
 def collect(qrow, flat, lo, hi, bound, out_pos, out_d):
     """Write the positions p in [lo, hi) with distance < ``bound`` (and the distances), in
     position order, to ``out_pos``/``out_d`` (room for hi - lo); return how many."""
     nw = qrow.shape[0]
-    block = BLOCK if nw == 1 else BLOCK_WIDE
-    x0 = qrow[0]
-    x1 = qrow[1] if nw > 1 else x0
+    if nw == 1:
+        return _collect1(qrow[0], flat, lo, hi, bound, out_pos, out_d)
+    if nw == 2:
+        return _collect2(qrow[0], qrow[1], flat, lo, hi, bound, out_pos, out_d)
     cnt = 0
-    for b in range((hi - lo) // block):  # whole blocks: count first, write only blocks with hits
-        p = lo + b * block
-        blk = flat[p * nw : (p + block) * nw]
-        if nw == 1:
-            c = _count1(x0, blk, bound)
-        elif nw == 2:
-            c = _count2(x0, x1, blk, bound)
-        else:
-            c = _countn(qrow, blk, bound)
-        if c > 0:  # rare once a top-k bound is tight
-            cnt = _append(qrow, blk, p, block, bound, out_pos, out_d, cnt)
-    p = lo + (hi - lo) // block * block  # the tail
+    for b in range((hi - lo) // BLOCK_WIDE):
+        p = lo + b * BLOCK_WIDE
+        blk = flat[p * nw : (p + BLOCK_WIDE) * nw]
+        if _countn(qrow, blk, bound) > 0:
+            cnt = _append(qrow, blk, p, BLOCK_WIDE, bound, out_pos, out_d, cnt)
+    p = lo + (hi - lo) // BLOCK_WIDE * BLOCK_WIDE  # the tail
     return _append(qrow, flat[p * nw : hi * nw], p, hi - p, bound, out_pos, out_d, cnt)
 
 
