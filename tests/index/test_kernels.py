@@ -63,9 +63,10 @@ def test_radius_equals_stable_brute_force(nbits):
             hit = hit[np.argsort(row[hit], kind="stable")]
             expect.append((hit, row[hit]))
         for threads in (1, 2, 3):
-            for tile_bytes, _ in SETTINGS:
+            for tile_bytes, group in SETTINGS:
                 for rows in (slice(0, 1), slice(0, 9)):
-                    got = kernels.radius_numba(qw[rows], dw, radius, nbits, threads=threads, tile_bytes=tile_bytes)
+                    got = kernels.radius_numba(qw[rows], dw, radius, nbits, threads=threads,
+                                               tile_bytes=tile_bytes, group=group)
                     assert len(got) == rows.stop
                     for (pos, d), (e_pos, e_d) in zip(got, expect[rows]):
                         np.testing.assert_array_equal(pos, e_pos)

@@ -264,43 +264,63 @@ def merge_topk(parts_i, parts_d, k, nbits, idx_out, dist_out):
 
 
 @njit(nogil=True, cache=True)
-def radius(qw, dw, lo, hi, r, nbits, tile):
+def _grown(arr, size, keep):
+    """``arr`` with room for at least ``size`` entries (doubling), its first ``keep`` kept."""
+    if size <= arr.shape[0]:
+        return arr
+    out = np.empty(max(size, 2 * arr.shape[0]), arr.dtype)
+    out[:keep] = arr[:keep]
+    return out
+
+
+@njit(nogil=True, cache=True)
+def radius(qw, dw, lo, hi, r, nbits, tile, group):
     """Per query, every position in [lo, hi) with distance <= ``r``, sorted by (distance,
-    position): (counts (n_query,), positions, distances) with the queries' hits back to back."""
+    position): (counts (n_query,), positions, distances) with the queries' hits back to back.
+
+    Every query of a group scans a tile while it is in cache; the group's hits (query, position,
+    distance) arrive in position order per query, so one stable counting sort by (query,
+    distance) puts them in the final order."""
     nq = qw.shape[0]
     flat = dw.ravel()
+    nd = nbits + 2
     hit_pos = np.empty(tile, np.int64)
     hit_d = np.empty(tile, np.int64)
     counts = np.zeros(nq, np.int64)
-    cap = 1024
-    all_pos = np.empty(cap, np.int64)
-    all_d = np.empty(cap, np.uint16)
+    out_pos = np.empty(1024, np.int64)
+    out_d = np.empty(1024, np.uint16)
+    g_q = np.empty(1024, np.int64)
+    g_pos = np.empty(1024, np.int64)
+    g_d = np.empty(1024, np.int64)
+    start = np.zeros(min(group, nq) * nd + 1, np.int64)
     total = 0
-    hist = np.zeros(nbits + 2, np.int64)
-    start = np.zeros(nbits + 2, np.int64)
-    for q in range(nq):
-        first = total
+    for q0 in range(0, nq, group):
+        g_n = min(group, nq - q0)
+        m = 0
         for t0 in range(lo, hi, tile):
             t1 = min(t0 + tile, hi)
-            cnt = collect(qw[q], flat, t0, t1, r + 1, hit_pos, hit_d)
-            if total + cnt > cap:  # grow by doubling
-                cap = max(2 * cap, total + cnt)
-                grown_pos = np.empty(cap, np.int64)
-                grown_d = np.empty(cap, np.uint16)
-                grown_pos[:total] = all_pos[:total]
-                grown_d[:total] = all_d[:total]
-                all_pos, all_d = grown_pos, grown_d
-            for h in range(cnt):
-                all_pos[total + h] = hit_pos[h]
-                all_d[total + h] = hit_d[h]
-            total += cnt
-        m = total - first
-        counts[q] = m
-        if m > 1:  # counting sort of this query's hits by distance (stable: positions ascend)
-            seg_pos = all_pos[first:total].copy()
-            seg_d = all_d[first:total].copy()
-            hist[:] = 0
-            for c in range(m):
-                hist[seg_d[c]] += 1
-            _sorted_out(seg_pos, seg_d, m, hist, start, all_pos[first:total], all_d[first:total])
-    return counts, all_pos[:total], all_d[:total]
+            for g in range(g_n):
+                cnt = collect(qw[q0 + g], flat, t0, t1, r + 1, hit_pos, hit_d)
+                if m + cnt > g_q.shape[0]:
+                    g_q, g_pos, g_d = _grown(g_q, m + cnt, m), _grown(g_pos, m + cnt, m), _grown(g_d, m + cnt, m)
+                for h in range(cnt):
+                    g_q[m + h] = g
+                    g_pos[m + h] = hit_pos[h]
+                    g_d[m + h] = hit_d[h]
+                m += cnt
+        start[:] = 0
+        for h in range(m):  # counting sort by (query, distance); stable, so positions ascend
+            start[g_q[h] * nd + g_d[h] + 1] += 1
+        for key in range(g_n * nd):
+            start[key + 1] += start[key]
+        for g in range(g_n):
+            counts[q0 + g] = start[(g + 1) * nd] - start[g * nd]
+        out_pos, out_d = _grown(out_pos, total + m, total), _grown(out_d, total + m, total)
+        for h in range(m):
+            key = g_q[h] * nd + g_d[h]
+            at = total + start[key]
+            start[key] += 1
+            out_pos[at] = g_pos[h]
+            out_d[at] = g_d[h]
+        total += m
+    return counts, out_pos[:total], out_d[:total]

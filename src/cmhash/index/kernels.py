@@ -230,23 +230,25 @@ def topk_numba(
 
 def radius_numba(
     qw: np.ndarray, dw: np.ndarray, radius: int, nbits: int, *, threads: int | None = None,
-    tile_bytes: int | None = None,
+    tile_bytes: int | None = None, group: int | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The numba twin of :func:`radius_numpy` (same results for any ``threads`` and tile).
+    """The numba twin of :func:`radius_numpy` (same results for any ``threads``, tile and
+    query ``group`` size).
     Many queries are split over the threads; fewer queries than threads split the database."""
     nb, qw, dw, tile, block = _numba_args(qw, dw, tile_bytes)
     n, nq, workers = dw.shape[0], qw.shape[0], _workers(threads)
     r = min(int(radius), int(nbits))
+    args = (r, int(nbits), tile, int(group or nb.GROUP))
     if nq >= workers or workers == 1:
         parts = _ranges(0, nq, min(workers, nq), 1)
-        found = _run([lambda s=s, e=e: nb.radius(qw[s:e], dw, 0, n, r, int(nbits), tile) for s, e in parts])
+        found = _run([lambda s=s, e=e: nb.radius(qw[s:e], dw, 0, n, *args) for s, e in parts])
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for counts, pos, dist in found:
             bounds = np.concatenate([[0], np.cumsum(counts)])
             out.extend((pos[a:b], dist[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
         return out
     ranges = _ranges(0, n, min(workers, max(1, n // block)), block)
-    found = _run([lambda a=a, b=b: nb.radius(qw, dw, a, b, r, int(nbits), tile) for a, b in ranges])
+    found = _run([lambda a=a, b=b: nb.radius(qw, dw, a, b, *args) for a, b in ranges])
     splits = [np.concatenate([[0], np.cumsum(counts)]) for counts, _, _ in found]
     out = []
     for q in range(nq):  # ranges ascend in position: a stable sort by distance merges them
