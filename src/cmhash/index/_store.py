@@ -101,7 +101,7 @@ def write(path: str | Path, arrays: Mapping[str, np.ndarray], meta: dict[str, An
         fh.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0))
 
 
-def _locate(fh: BinaryIO, info: zipfile.ZipInfo) -> tuple[bytes, tuple, np.dtype, int]:
+def locate(fh: BinaryIO, info: zipfile.ZipInfo) -> tuple[bytes, tuple, np.dtype, int]:
     """(the member's .npy header bytes, shape, dtype, offset of its data) for a stored member."""
     if info.compress_type != zipfile.ZIP_STORED:
         raise ValueError(f"member {info.filename} is compressed")
@@ -152,7 +152,7 @@ def read_arrays(path: str | Path, meta: dict[str, Any], *, mmap: tuple[str, ...]
                 info = infos.get(f"{name}.npy")
                 if info is None:
                     raise ValueError(f"member {name}.npy is missing")
-                header, shape, dtype, offset = _locate(fh, info)
+                header, shape, dtype, offset = locate(fh, info)
                 nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
                 if offset + nbytes > size:
                     raise ValueError(f"the file ends before {name} does")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -321,7 +320,8 @@ def _load_version_1(path: str | Path, meta: dict[str, Any], *, mmap: bool, verif
 
 
 def _read_mapped(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Like :func:`cmhash.io.load_arrays`, but with ``codes`` memory-mapped from the file.
+    """Like :func:`cmhash.io.load_arrays`, but with ``codes`` memory-mapped from the file (format
+    version 1; version 2 files are mapped by ``_store.read_arrays``).
 
     ``np.savez`` stores members uncompressed, so the codes' .npy payload is a plain byte range.
     """
@@ -338,20 +338,9 @@ def _read_mapped(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any
                 with zf.open("ids.npy") as fh:
                     arrays["ids"] = np.lib.format.read_array(fh, allow_pickle=False)
             member = zf.getinfo("codes.npy")
-        if member.compress_type != zipfile.ZIP_STORED:
-            raise ValueError("the codes are compressed and cannot be memory-mapped")
         with open(path, "rb") as fh:
-            fh.seek(member.header_offset)
-            local = fh.read(30)
-            if len(local) < 30 or local[:4] != b"PK\x03\x04":
-                raise ValueError("bad zip member header for the codes")
-            name_len, extra_len = struct.unpack("<HH", local[26:30])
-            fh.seek(member.header_offset + 30 + name_len + extra_len)
-            version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(fh)
-            offset = fh.tell()
-        if fortran or dtype != np.uint8 or len(shape) != 2:
+            _, shape, dtype, offset = _store.locate(fh, member)
+        if dtype != np.uint8 or len(shape) != 2:
             raise ValueError(f"the codes are not a C-ordered 2-D uint8 array ({dtype}, {shape})")
         if offset + shape[0] * shape[1] > path.stat().st_size:
             raise ValueError("the file ends before the codes do")
