@@ -324,3 +324,42 @@ def radius(qw, dw, lo, hi, r, nbits, tile, group):
             out_d[at] = g_d[h]
         total += m
     return counts, out_pos[:total], out_d[:total]
+
+
+@njit(nogil=True, cache=True)
+def merge_radius(counts, pos, dist, nbits):
+    """Merge per-range radius hits into per-query hits sorted by (distance, position).
+
+    ``counts`` (ranges x n_query) and ``pos``/``dist`` hold the hits of each range back to back
+    as :func:`radius` returns them (range after range, ranges in position order); a stable
+    counting sort by distance of each query's hits, taken range by range, is the final order."""
+    n_parts, nq = counts.shape
+    first = np.zeros((n_parts, nq + 1), np.int64)  # where each (range, query) segment starts
+    base = 0
+    for p in range(n_parts):
+        first[p, 0] = base
+        for q in range(nq):
+            first[p, q + 1] = first[p, q] + counts[p, q]
+        base = first[p, nq]
+    total = base
+    out_counts = counts.sum(axis=0)
+    out_pos = np.empty(total, np.int64)
+    out_d = np.empty(total, np.uint16)
+    hist = np.zeros(nbits + 2, np.int64)
+    at = 0
+    for q in range(nq):
+        hist[:] = 0
+        for p in range(n_parts):
+            for h in range(first[p, q], first[p, q + 1]):
+                hist[dist[h] + 1] += 1
+        hist[0] = at
+        for d in range(1, nbits + 2):
+            hist[d] += hist[d - 1]
+        for p in range(n_parts):
+            for h in range(first[p, q], first[p, q + 1]):
+                d = dist[h]
+                out_pos[hist[d]] = pos[h]
+                out_d[hist[d]] = d
+                hist[d] += 1
+        at += out_counts[q]
+    return out_counts, out_pos, out_d

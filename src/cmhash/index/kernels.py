@@ -242,18 +242,14 @@ def radius_numba(
     if nq >= workers or workers == 1:
         parts = _ranges(0, nq, min(workers, nq), 1)
         found = _run([lambda s=s, e=e: nb.radius(qw[s:e], dw, 0, n, *args) for s, e in parts])
-        out: list[tuple[np.ndarray, np.ndarray]] = []
-        for counts, pos, dist in found:
-            bounds = np.concatenate([[0], np.cumsum(counts)])
-            out.extend((pos[a:b], dist[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
-        return out
-    ranges = _ranges(0, n, min(workers, max(1, n // block)), block)
-    found = _run([lambda a=a, b=b: nb.radius(qw, dw, a, b, *args) for a, b in ranges])
-    splits = [np.concatenate([[0], np.cumsum(counts)]) for counts, _, _ in found]
-    out = []
-    for q in range(nq):  # ranges ascend in position: a stable sort by distance merges them
-        pos = np.concatenate([p[s[q] : s[q + 1]] for (_, p, _), s in zip(found, splits)])
-        dist = np.concatenate([d[s[q] : s[q + 1]] for (_, _, d), s in zip(found, splits)])
-        order = np.argsort(dist, kind="stable")
-        out.append((pos[order], dist[order]))
-    return out
+        counts = np.concatenate([c for c, _, _ in found])
+        pos = np.concatenate([p for _, p, _ in found])
+        dist = np.concatenate([d for _, _, d in found])
+    else:  # few queries: split the database; ranges ascend in position, merged by distance
+        ranges = _ranges(0, n, min(workers, max(1, n // block)), block)
+        found = _run([lambda a=a, b=b: nb.radius(qw, dw, a, b, *args) for a, b in ranges])
+        counts, pos, dist = nb.merge_radius(np.stack([c for c, _, _ in found]), np.concatenate([p for _, p, _ in found]),
+                                            np.concatenate([d for _, _, d in found]), int(nbits))
+    bounds = np.zeros(nq + 1, dtype=np.int64)
+    np.cumsum(counts, out=bounds[1:])
+    return [(pos[a:b], dist[a:b]) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
