@@ -77,6 +77,25 @@ def test_rerun_skips_finished_cells(results):
     assert after == before
 
 
+def test_a_changed_default_reruns_the_cells_it_affects(results, tmp_path, monkeypatch):
+    """Keys hash the hyper-parameters a config names, not the defaults: a finished cell whose
+    recorded hyper-parameters differ from what the code would now use is stale and runs again."""
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    cls = registry.get_method_class("cca-itq")
+    monkeypatch.setattr(cls, "defaults", {**cls.defaults, "itq_iters": 7})
+    cfg = load_config(CONFIG)
+    affected = {c.key for c in unique_cells(cfg) if c.method.name == "cca-itq"
+                and "itq_iters" not in c.method.hparams}
+    assert affected and len(affected) < 24
+    summary = run_grid(cfg, copy)
+    assert summary.done == len(affected) and summary.skipped == 24 - len(affected) and summary.complete
+    for key in affected:
+        assert ResultsStore(copy).read(key)["record"]["hparams"]["itq_iters"] == 7
+
+
 def test_report_tables(results, report):
     store = ResultsStore(results)
     cfg = load_config(CONFIG)

@@ -350,3 +350,16 @@ def test_extra_arrays_are_stored_and_verified(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="extra.npz: checksum mismatch: 'notes'"):
         HammingIndex.load(path)
+
+
+def test_corrupt_payloads_in_the_metadata_are_detected(tmp_path):
+    index = HammingIndex.from_codes(np.eye(3, 16, dtype=np.int8), ids=[1, 2, 3])
+    index.upsert(np.eye(1, 16, 5, dtype=np.int8), ids=[9], payloads=[{"title": "a distinctive title"}])
+    path = index.save(tmp_path / "payloads.npz")
+    assert HammingIndex.load(path).payloads([9]) == [{"title": "a distinctive title"}]
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).find(b"distinctive")
+    raw[at] ^= 0x01  # still valid JSON: only the member's CRC can tell
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="payloads.npz.*corrupt"):
+        HammingIndex.load(path)

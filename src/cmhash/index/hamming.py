@@ -7,16 +7,18 @@ zip, no pickles; version 2, reads version 1) is described in docs/index.md.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from cmhash.codes import CodesLike, PackedCodes, as_packed
 from cmhash.index import _store, kernels
+from cmhash.index.base import Payload, as_id_array, check_payloads
 from cmhash.io import META_KEY, load_arrays
 
 FORMAT = "cmhash-hamming-index"
@@ -64,6 +66,8 @@ class HammingIndex:
         self._n = 0
         self._ids: np.ndarray | None = None  # None: ids are insertion positions
         self._wide: np.ndarray | None = None  # uint64 copy of narrow words for the numba kernel
+        self._payloads: list[Payload | None] | None = None  # per position; None: no item has one
+        self._id_order: tuple[np.ndarray, np.ndarray] | None = None  # (ids array, its argsort)
         self.threads: int | None = None  # threads of the numba kernels (None: every core)
 
     # ------------------------------------------------------------------ basics
@@ -120,10 +124,12 @@ class HammingIndex:
         return index
 
     # ----------------------------------------------------------------- adding
-    def add(self, codes: CodesLike, ids: Any = None) -> None:
-        """Append ``codes`` (n x nbits), with ``ids`` (n,) or without (ids = positions)."""
+    def add(self, codes: CodesLike, ids: Any = None, payloads: Sequence[Payload | None] | None = None) -> None:
+        """Append ``codes`` (n x nbits), with ``ids`` (n,) or without (ids = positions), and
+        optional ``payloads`` (n JSON-ready dicts or None)."""
         packed = self._check_codes(codes, "codes")
         new_ids = self._check_ids(ids, len(packed))
+        new_payloads = check_payloads(payloads, len(packed))
         m = len(packed)
         if m == 0:
             return
@@ -135,6 +141,7 @@ class HammingIndex:
         self._words[self._n : self._n + m] = kernels.to_words(packed.data)
         if new_ids is not None:
             self._ids = new_ids if self._ids is None else np.concatenate([self._ids, new_ids])
+        self._append_payloads(new_payloads, m)
         self._n += m
 
     def _check_codes(self, codes: CodesLike, name: str) -> PackedCodes:
@@ -258,6 +265,8 @@ class HammingIndex:
             "has_ids": self._ids is not None,
             "info": self.info,
         }
+        if self._payloads is not None:
+            meta["payloads"] = self._payloads  # JSON in the metadata member (its zip CRC is checked on load)
         _store.write(path, self._arrays_to_save(), meta)
         return Path(path)
 
@@ -307,7 +316,109 @@ class HammingIndex:
         index._ids = None if ids is None else (ids.astype(np.int64, copy=False) if ids.dtype.kind == "i" else ids)
         index._words = kernels.to_words(packed.data)
         index._n = n
+        index._payloads = _loaded_payloads(meta.get("payloads"), n, path)
         return index
+
+    # ------------------------------------------- ids, payloads, remove, upsert
+    # Items are looked up by id through a cached argsort of the ids (rebuilt after any change).
+    # Removal compacts stably, so the items left keep their relative insertion order (and ties
+    # keep ranking by it). An index without ids knows items by position, which a removal would
+    # shift: remove and upsert need an index with ids.
+
+    def _append_payloads(self, new: list[Payload | None] | None, m: int) -> None:
+        if new is None and self._payloads is None:
+            return
+        if self._payloads is None:
+            self._payloads = [None] * self._n
+        self._payloads.extend(new if new is not None else [None] * m)
+
+    def _positions(self, ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The asked ids as a 1-D array and the position of each (-1 where absent)."""
+        asked = as_id_array(ids)
+        pos = np.full(asked.shape[0], -1, dtype=np.int64)
+        if self._n == 0 or asked.size == 0:
+            return asked, pos
+        kind = "integer" if self._ids is None or self._ids.dtype.kind == "i" else "string"
+        if (asked.dtype.kind == "U") != (kind == "string"):
+            raise ValueError(f"ids: the index has {kind} ids, got {'string' if asked.dtype.kind == 'U' else 'integer'} ids")
+        if self._ids is None:
+            ok = (asked >= 0) & (asked < self._n)
+            pos[ok] = asked[ok]
+            return asked, pos
+        if self._id_order is None or self._id_order[0] is not self._ids:
+            self._id_order = (self._ids, np.argsort(self._ids, kind="stable"))
+        order = self._id_order[1]
+        sorted_ids = self._ids[order]
+        j = np.minimum(np.searchsorted(sorted_ids, asked), self._n - 1)
+        hit = sorted_ids[j] == asked
+        pos[hit] = order[j[hit]]
+        return asked, pos
+
+    def get(self, ids: Any) -> list[dict[str, Any] | None]:
+        """Per id: ``{"id": id, "code": packed uint8 row, "payload": dict | None}``, None if absent."""
+        asked, pos = self._positions(ids)
+        packed = self._packed()
+        out: list[dict[str, Any] | None] = []
+        for i, p in zip(asked.tolist(), pos.tolist()):
+            if p < 0:
+                out.append(None)
+                continue
+            payload = None if self._payloads is None else self._payloads[p]
+            out.append({"id": i, "code": packed[p].copy(), "payload": copy.deepcopy(payload)})
+        return out
+
+    def payloads(self, ids: Any) -> list[Payload | None]:
+        """Per id, its payload (None when it has none or is absent), e.g. for the ids of a hit row."""
+        _, pos = self._positions(ids)
+        if self._payloads is None:
+            return [None] * len(pos)
+        return [None if p < 0 else copy.deepcopy(self._payloads[p]) for p in pos.tolist()]
+
+    def remove(self, ids: Any) -> int:
+        """Remove the items with these ids (unknown ids are ignored); returns how many were removed.
+
+        The items left keep their relative insertion order."""
+        if self._n and self._ids is None:
+            raise ValueError(
+                "remove needs an index with ids: this one knows items by insertion position, "
+                "which removing would shift; build it with ids= to remove items"
+            )
+        _, pos = self._positions(ids)
+        drop = np.unique(pos[pos >= 0])
+        if drop.size == 0:
+            return 0
+        keep = np.ones(self._n, dtype=bool)
+        keep[drop] = False
+        self._words = self._words[: self._n][keep]  # a stable, compacting copy (also of mapped codes)
+        assert self._ids is not None
+        self._ids = self._ids[keep]
+        if self._payloads is not None:
+            self._payloads = [p for p, k in zip(self._payloads, keep.tolist()) if k]
+        self._n = int(keep.sum())
+        self._wide = None
+        return int(drop.size)
+
+    def upsert(self, codes: CodesLike, ids: Any, payloads: Sequence[Payload | None] | None = None) -> None:
+        """Replace the items whose ids are present (they move to the end of the insertion order)
+        and append the others. Everything is checked before the index changes."""
+        if ids is None:
+            raise ValueError("upsert needs ids (one per code)")
+        if self._n and self._ids is None:
+            raise ValueError("upsert needs an index with ids: this one knows items by insertion position")
+        packed = self._check_codes(codes, "codes")
+        asked = as_id_array(ids)
+        if asked.shape != (len(packed),):
+            raise ValueError(f"ids must have shape ({len(packed)},) to match the codes, got {asked.shape}")
+        uniq, counts = np.unique(asked, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"ids must be unique; duplicated: {uniq[counts > 1][:5].tolist()}")
+        new_payloads = check_payloads(payloads, len(packed))
+        self._positions(asked)  # raises on an id type the index does not hold, before any change
+        self.remove(asked)
+        self.add(packed, asked, new_payloads)
+
+    def close(self) -> None:
+        """Nothing to release (the :class:`~cmhash.index.base.Index` protocol's close)."""
 
 
 def _load_version_1(path: str | Path, meta: dict[str, Any], *, mmap: bool, verify: bool) -> dict[str, np.ndarray]:
@@ -348,3 +459,14 @@ def _read_mapped(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any
     except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a readable cmhash index (corrupt or truncated?): {exc}") from exc
     return arrays, meta
+
+
+def _loaded_payloads(payloads: Any, n: int, path: str | Path) -> list[Payload | None] | None:
+    """The payloads saved in an index file's metadata (absent: None), checked."""
+    if payloads is None:
+        return None
+    if not isinstance(payloads, list) or len(payloads) != n:
+        raise ValueError(f"{path}: 'payloads' should be a list of {n} dicts or nulls")
+    if any(p is not None and not isinstance(p, dict) for p in payloads):
+        raise ValueError(f"{path}: 'payloads' should hold only dicts or nulls")
+    return payloads
