@@ -1,4 +1,4 @@
-"""BLAS thread bounds of fits made of small products (cmhash/_blas.py)."""
+"""BLAS thread bounds of fits made of small products (cmhash/_blas.py; DCGH's use: tests/methods/test_dcgh.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ def blas_threads() -> list[int]:
     return [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
 
 
-def test_one_blas_thread_inside_and_restored_after():
-    from cmhash._blas import one_blas_thread
+def test_one_blas_thread_inside_small_and_restored_after():
+    from cmhash._blas import BlasThreads
 
     np.ones((4, 4)) @ np.ones((4, 4))  # load the BLAS library
     before = blas_threads()
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
-        with one_blas_thread():
+        with BlasThreads().small():
             assert set(blas_threads()) <= {1}
         assert set(blas_threads()) <= {2}
     assert blas_threads() == before

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg as sla
 
-from cmhash._blas import one_blas_thread
+from cmhash._blas import BlasThreads
 from cmhash.codes import PackedCodes, pack, sign
 from cmhash.data.dataset import CrossModalDataset
 from cmhash.methods.base import HashingMethod, HashModel
@@ -75,7 +75,7 @@ class CCAITQ(HashingMethod):
 
     def _fit(self, train: CrossModalDataset, bits: int, *, seed: int, progress: Progress | None) -> HashModel:
         # Every product here is small (features x bits, bits x bits; 50 ITQ rounds): one BLAS thread.
-        with one_blas_thread():
+        with BlasThreads().small():
             return self._fit_single_thread(train, bits, seed=seed)
 
     def _fit_single_thread(self, train: CrossModalDataset, bits: int, *, seed: int) -> HashModel:
