@@ -1,6 +1,6 @@
 """HammingIndex search and persistence against faiss and a branch-free floor, measured in one run.
 
-    PYTHONPATH=src python benchmarks/bench_index.py              # ~3-6 min on a loaded 2-core machine
+    PYTHONPATH=src python benchmarks/bench_index.py              # 546-820 s on the shared 2-core machine (load 5-13)
     PYTHONPATH=src python benchmarks/bench_index.py --n 200000 --save-n 1000000   # a quick look
 
 Paths, timed in the same run with repetitions interleaved (path A, B, C, A, B, C, ...; best kept):
