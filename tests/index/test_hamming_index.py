@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -258,8 +260,10 @@ def test_foreign_or_newer_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a cmhash Hamming index"):
         HammingIndex.load(path)
     save_arrays(path, {"codes": arrays["codes"][:, :4]}, meta)
-    with pytest.raises(ValueError, match="'codes' should be uint8 \\(2000, 8\\)"):
+    with pytest.raises(ValueError, match="checksum mismatch"):
         HammingIndex.load(path)
+    with pytest.raises(ValueError, match="'codes' should be uint8 \\(2000, 8\\)"):
+        HammingIndex.load(path, verify=False)
 
 
 @pytest.mark.parametrize("nbits", [64, 16, 24])
@@ -292,3 +296,70 @@ def test_memory_mapped_load_detects_corruption(tmp_path):
     path.write_bytes(bytes(raw[: start + 1000]))
     with pytest.raises(ValueError, match="corrupt.npz.*(corrupt|truncated)"):
         HammingIndex.load(path, mmap=True)
+
+
+def test_version_2_file_is_a_valid_zip_that_numpy_reads(tmp_path):
+    rng = np.random.default_rng(11)
+    index = HammingIndex.from_codes(tied_codes(rng, 500, 72), ids=np.array([f"d{i}" for i in range(500)]))
+    path = index.save(tmp_path / "v2.npz")
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None  # every member's CRC (computed once, while writing) is right
+    arrays, meta = load_arrays(path)
+    assert meta["format_version"] == 2 and set(meta["checksums"]) == {"codes", "ids"}
+    np.testing.assert_array_equal(arrays["codes"], index.codes.data)
+    np.testing.assert_array_equal(arrays["ids"], index.ids)
+
+
+def test_version_1_files_still_load(tmp_path):
+    """A file as cmhash wrote it before format version 2 (np.savez, sha256 in the metadata)."""
+    from cmhash.index.hamming import codes_checksum
+
+    rng = np.random.default_rng(12)
+    db = pack(tied_codes(rng, 400, 24))
+    ids = np.arange(400, dtype=np.int64) * 5
+    meta = {"format": "cmhash-hamming-index", "format_version": 1, "nbits": 24, "n": 400, "has_ids": True,
+            "checksum": "sha256:" + codes_checksum(db.data, ids), "info": {"modality": "text"}}
+    path = tmp_path / "v1.npz"
+    save_arrays(path, {"codes": db.data, "ids": ids}, meta)
+    fresh = HammingIndex.from_codes(db, ids=ids)
+    for mmap in (False, True):
+        old = HammingIndex.load(path, mmap=mmap)
+        assert old.info == {"modality": "text"}
+        for a, b in zip(old.search(db[:5], 40), fresh.search(db[:5], 40)):
+            np.testing.assert_array_equal(a, b)
+    bad = db.data.copy()
+    bad[3, 0] ^= 0x80
+    save_arrays(path, {"codes": bad, "ids": ids}, meta)
+    with pytest.raises(ValueError, match="v1.npz: checksum mismatch"):
+        HammingIndex.load(path)
+
+
+def test_extra_arrays_are_stored_and_verified(tmp_path):
+    """Subclasses (or later features) add arrays through _arrays_to_save; each gets a checksum."""
+
+    class WithNotes(HammingIndex):
+        def _arrays_to_save(self):
+            return {**super()._arrays_to_save(), "notes": np.frombuffer(b'["a", "b"]', np.uint8)}
+
+    index = WithNotes.from_codes(np.eye(2, 16, dtype=np.int8))
+    path = index.save(tmp_path / "extra.npz")
+    assert len(WithNotes.load(path)) == 2
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).find(b'["a", "b"]')
+    raw[at + 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="extra.npz: checksum mismatch: 'notes'"):
+        HammingIndex.load(path)
+
+
+def test_corrupt_payloads_in_the_metadata_are_detected(tmp_path):
+    index = HammingIndex.from_codes(np.eye(3, 16, dtype=np.int8), ids=[1, 2, 3])
+    index.upsert(np.eye(1, 16, 5, dtype=np.int8), ids=[9], payloads=[{"title": "a distinctive title"}])
+    path = index.save(tmp_path / "payloads.npz")
+    assert HammingIndex.load(path).payloads([9]) == [{"title": "a distinctive title"}]
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).find(b"distinctive")
+    raw[at] ^= 0x01  # still valid JSON: only the member's CRC can tell
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="payloads.npz.*corrupt"):
+        HammingIndex.load(path)

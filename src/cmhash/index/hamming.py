@@ -1,8 +1,8 @@
 """HammingIndex: exact search over packed binary codes, with external ids, saved safely.
 
 Results follow PROTOCOL.md: distance ascending, ties by insertion order (the position at which an
-item was added), whatever the backend or thread count. The file format (one ``.npz`` written by
-:func:`cmhash.io.save_arrays`, no pickles) is described in docs/index.md.
+item was added), whatever the backend or thread count. The file format (one ``.npz``-compatible
+zip, no pickles; version 2, reads version 1) is described in docs/index.md.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import struct
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,18 +17,20 @@ from typing import Any, Sequence
 import numpy as np
 
 from cmhash.codes import CodesLike, PackedCodes, as_packed
-from cmhash.index import kernels
+from cmhash.index import _store, kernels
 from cmhash.index.base import Payload, as_id_array, check_payloads
-from cmhash.io import META_KEY, load_arrays, save_arrays
+from cmhash.io import META_KEY, load_arrays
 
 FORMAT = "cmhash-hamming-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = (1, 2)
 BACKENDS = ("auto", "numpy", "numba")
 MAX_BITS = 65_535
 
 
 def codes_checksum(data: np.ndarray, ids: np.ndarray | None) -> str:
-    """sha256 of the packed code bytes (and of the ids, when the index has its own)."""
+    """The checksum of format version 1: sha256 of the packed code bytes (and of the ids, when
+    the index has its own). Version 2 keeps a CRC-32 per stored array instead (index/_store.py)."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(data).tobytes())
     if ids is not None:
@@ -45,8 +46,9 @@ class HammingIndex:
     Ids are optional: an index either gives every item an id (integers or strings, unique) or
     none, in which case an item's id is its insertion position. ``search`` and ``range_search``
     return ids and distances ranked by distance, then insertion order. ``backend`` picks the
-    top-k kernel: ``"numpy"``, ``"numba"`` (the ``fast`` extra) or ``"auto"`` (numba when
-    installed); both give identical results. Radius search always runs on numpy. ``info`` is a
+    kernel of both searches: ``"numpy"``, ``"numba"`` (the ``fast`` extra) or ``"auto"`` (numba
+    when installed); both give identical results. ``threads`` (attribute; None: every core) bounds
+    the numba kernels' threads. ``info`` is a
     JSON-ready dict saved with the index (e.g. which modality and dataset the codes came from).
     """
 
@@ -66,6 +68,7 @@ class HammingIndex:
         self._wide: np.ndarray | None = None  # uint64 copy of narrow words for the numba kernel
         self._payloads: list[Payload | None] | None = None  # per position; None: no item has one
         self._id_order: tuple[np.ndarray, np.ndarray] | None = None  # (ids array, its argsort)
+        self.threads: int | None = None  # threads of the numba kernels (None: every core)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -206,7 +209,7 @@ class HammingIndex:
             pos = np.empty((qw.shape[0], k), dtype=np.int64)
             dist = np.empty((qw.shape[0], k), dtype=np.uint16)
         elif self.kernel == "numba":
-            pos, dist = kernels.topk_numba(qw, self._numba_words(), k, self._nbits)
+            pos, dist = kernels.topk_numba(qw, self._numba_words(), k, self._nbits, threads=self.threads)
         else:
             pos, dist = kernels.topk_numpy(qw, self._words[: self._n], k, self._nbits)
         return self._to_ids(pos), dist
@@ -220,7 +223,10 @@ class HammingIndex:
         if self._n == 0:
             empty = (np.empty(0, dtype=self.ids.dtype), np.empty(0, dtype=np.uint16))
             return [empty for _ in range(qw.shape[0])]
-        hits = kernels.radius_numpy(qw, self._words[: self._n], int(radius), self._nbits)
+        if self.kernel == "numba":
+            hits = kernels.radius_numba(qw, self._numba_words(), int(radius), self._nbits, threads=self.threads)
+        else:
+            hits = kernels.radius_numpy(qw, self._words[: self._n], int(radius), self._nbits)
         return [(self._to_ids(pos), dist) for pos, dist in hits]
 
     def _numba_words(self) -> np.ndarray:
@@ -237,69 +243,77 @@ class HammingIndex:
         return positions if self._ids is None else self._ids[positions]
 
     # ----------------------------------------------------------- persistence
+    def _arrays_to_save(self) -> dict[str, np.ndarray]:
+        """Every array the file holds (each stored as a member with its own checksum)."""
+        arrays = {"codes": np.ascontiguousarray(self._packed())}
+        if self._ids is not None:
+            arrays["ids"] = self._ids
+        return arrays
+
     def save(self, path: str | Path) -> Path:
-        """Write the index to ``path`` (one .npz, atomically, no pickles) with a checksum."""
+        """Write the index to ``path`` (format version 2: one .npz-compatible zip, atomically, no
+        pickles, a CRC-32 per array computed once while writing; docs/index.md)."""
         try:
             json.dumps(self.info)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"index info must be JSON-ready (str, numbers, lists, dicts): {exc}") from exc
-        data = np.ascontiguousarray(self._packed())
-        arrays = {"codes": data}
-        if self._ids is not None:
-            arrays["ids"] = self._ids
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "nbits": self._nbits,
             "n": self._n,
             "has_ids": self._ids is not None,
-            "checksum": "sha256:" + codes_checksum(data, self._ids),
             "info": self.info,
         }
         if self._payloads is not None:
-            meta["payloads"] = self._payloads
-        save_arrays(path, arrays, meta)
+            meta["payloads"] = self._payloads  # JSON in the metadata member (its zip CRC is checked on load)
+        _store.write(path, self._arrays_to_save(), meta)
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path, *, backend: str = "auto", mmap: bool = False, verify: bool = True) -> "HammingIndex":
-        """Read an index written by :meth:`save`; a corrupt, truncated or foreign file raises
-        ValueError naming the file.
+        """Read an index written by :meth:`save` (format version 2, or version 1); a corrupt,
+        truncated or foreign file raises ValueError naming the file.
 
         ``mmap=True`` maps the codes from the file instead of reading them (read-only; codes of
         1, 2, 4 or a multiple of 8 bytes are scanned in place, other lengths are copied once).
-        ``verify=False`` skips the checksum (which reads every code byte).
+        ``verify=False`` skips the checksum pass (one CRC-32 over every stored byte).
         """
-        arrays, meta = _read_mapped(path) if mmap else load_arrays(path)
+        meta = _store.read_meta(path)
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: not a cmhash Hamming index (format={meta.get('format')!r})")
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        if version not in READS_VERSIONS:
             raise ValueError(
-                f"{path}: index format version {meta.get('format_version')!r} is not supported "
-                f"(this cmhash reads version {FORMAT_VERSION})"
+                f"{path}: index format version {version!r} is not supported "
+                f"(this cmhash reads versions {', '.join(map(str, READS_VERSIONS))})"
             )
         try:
             nbits, n, has_ids = int(meta["nbits"]), int(meta["n"]), bool(meta["has_ids"])
-            checksum = str(meta["checksum"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: the index metadata is incomplete: {exc!r}") from exc
+        if version == 1:
+            arrays = _load_version_1(path, meta, mmap=mmap, verify=verify)
+        else:
+            arrays = _store.read_arrays(path, meta, mmap=("codes",) if mmap else (), verify=verify)
         data = arrays.get("codes")
         if data is None or data.dtype != np.uint8 or data.shape != (n, (nbits + 7) // 8):
             got = None if data is None else f"{data.dtype} {data.shape}"
             raise ValueError(f"{path}: 'codes' should be uint8 ({n}, {(nbits + 7) // 8}), got {got}")
         ids = arrays.get("ids") if has_ids else None
-        if has_ids and (ids is None or ids.shape != (n,)):
-            raise ValueError(f"{path}: 'ids' should have shape ({n},), got {None if ids is None else ids.shape}")
-        if verify and checksum != "sha256:" + codes_checksum(data, ids):
-            raise ValueError(f"{path}: checksum mismatch: the codes or ids are corrupt")
+        if has_ids and (ids is None or ids.shape != (n,) or ids.dtype.kind not in "iU"):
+            got = None if ids is None else f"{ids.dtype} {ids.shape}"
+            raise ValueError(f"{path}: 'ids' should be int64 or unicode ({n},), got {got}")
         index = cls(nbits, backend=backend, info=meta.get("info") or {})
         try:
             packed = PackedCodes(data, nbits)  # checks the padding bits
-            index._ids = index._check_ids(ids, n)
+            if has_ids and not verify:  # a verified file holds the ids add() checked: not again
+                index._check_ids(ids, n)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
         # The loaded (or mapped) bytes become the scan words without a copy; capacity = n, so the
         # next add moves them into a fresh, growable array.
+        index._ids = None if ids is None else (ids.astype(np.int64, copy=False) if ids.dtype.kind == "i" else ids)
         index._words = kernels.to_words(packed.data)
         index._n = n
         index._payloads = _loaded_payloads(meta.get("payloads"), n, path)
@@ -407,8 +421,18 @@ class HammingIndex:
         """Nothing to release (the :class:`~cmhash.index.base.Index` protocol's close)."""
 
 
+def _load_version_1(path: str | Path, meta: dict[str, Any], *, mmap: bool, verify: bool) -> dict[str, np.ndarray]:
+    """The arrays of a version-1 file (np.savez; sha256 of the codes, then the ids, in the meta)."""
+    arrays, _ = _read_mapped(path) if mmap else load_arrays(path)
+    data, ids = arrays.get("codes"), arrays.get("ids") if meta.get("has_ids") else None
+    if verify and data is not None and str(meta.get("checksum")) != "sha256:" + codes_checksum(data, ids):
+        raise ValueError(f"{path}: checksum mismatch: the codes or ids are corrupt")
+    return arrays
+
+
 def _read_mapped(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Like :func:`cmhash.io.load_arrays`, but with ``codes`` memory-mapped from the file.
+    """Like :func:`cmhash.io.load_arrays`, but with ``codes`` memory-mapped from the file (format
+    version 1; version 2 files are mapped by ``_store.read_arrays``).
 
     ``np.savez`` stores members uncompressed, so the codes' .npy payload is a plain byte range.
     """
@@ -425,20 +449,9 @@ def _read_mapped(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any
                 with zf.open("ids.npy") as fh:
                     arrays["ids"] = np.lib.format.read_array(fh, allow_pickle=False)
             member = zf.getinfo("codes.npy")
-        if member.compress_type != zipfile.ZIP_STORED:
-            raise ValueError("the codes are compressed and cannot be memory-mapped")
         with open(path, "rb") as fh:
-            fh.seek(member.header_offset)
-            local = fh.read(30)
-            if len(local) < 30 or local[:4] != b"PK\x03\x04":
-                raise ValueError("bad zip member header for the codes")
-            name_len, extra_len = struct.unpack("<HH", local[26:30])
-            fh.seek(member.header_offset + 30 + name_len + extra_len)
-            version = np.lib.format.read_magic(fh)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(fh)
-            offset = fh.tell()
-        if fortran or dtype != np.uint8 or len(shape) != 2:
+            _, shape, dtype, offset = _store.locate(fh, member)
+        if dtype != np.uint8 or len(shape) != 2:
             raise ValueError(f"the codes are not a C-ordered 2-D uint8 array ({dtype}, {shape})")
         if offset + shape[0] * shape[1] > path.stat().st_size:
             raise ValueError("the file ends before the codes do")

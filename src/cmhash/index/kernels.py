@@ -13,12 +13,14 @@ identical results.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["to_words", "dist_dtype", "topk_numpy", "radius_numpy", "HAVE_NUMBA", "topk_numba"]
+__all__ = ["to_words", "dist_dtype", "topk_numpy", "radius_numpy", "HAVE_NUMBA", "topk_numba", "radius_numba"]
 
 #: cache-sized tiles of the numpy path: query rows per block, database items per chunk
 QUERY_BLOCK = 32
@@ -145,149 +147,109 @@ def radius_numpy(
     return out
 
 
-# ------------------------------------------------------------------------------ numba kernel
-try:  # the `fast` extra
-    import numba
-
-    from cmhash._popcount import popcount as _popcount
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only without numba
-    HAVE_NUMBA = False
+# ------------------------------------------------------------------------------ numba kernels
+# numba is imported on first use (``import cmhash.index`` stays fast): the compiled kernels live in
+# the private module ``cmhash.index._numba``.
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 
-if HAVE_NUMBA:
+def _numba():
+    if not HAVE_NUMBA:
+        raise ImportError("the numba backend needs numba: pip install 'cmhash[fast]'")
+    from cmhash.index import _numba as nb
 
-    @numba.njit(cache=True)
-    def _compact(cand_i, cand_d, m, hist, k):
-        """Keep the best ``k`` of ``m`` candidates (by distance, then position) in place; return the new bound."""
-        total = 0
-        t = 0
-        while total + hist[t] < k:
-            total += hist[t]
-            t += 1
-        need = k - total  # how many of distance t still fit
-        j = 0
-        for c in range(m):
-            d = cand_d[c]
-            if d < t or (d == t and need > 0):
-                if d == t:
-                    need -= 1
-                cand_i[j] = cand_i[c]
-                cand_d[j] = d
-                j += 1
-        hist[:] = 0
-        for c in range(j):
-            hist[cand_d[c]] += 1
-        return t
+    return nb
 
-    # The hot scans: the next position at or after ``i`` whose distance is below ``bound`` (or n),
-    # specialised for one and two words per code. Keeping the rare candidate handling out of
-    # these loops made the scan about 1.8x faster in a measurement on this project's machine.
-    @numba.njit(nogil=True, cache=True)
-    def _next1(qw, flat, q, i, bound):
-        q0, n = qw[q, 0], flat.shape[0]
-        while i < n:
-            if _popcount(q0 ^ flat[i]) < bound:
-                return i
-            i += 1
-        return n
 
-    @numba.njit(nogil=True, cache=True)
-    def _next2(qw, flat, q, i, bound):
-        q0, q1, n = qw[q, 0], qw[q, 1], flat.shape[0] // 2
-        while i < n:
-            if _popcount(q0 ^ flat[2 * i]) + _popcount(q1 ^ flat[2 * i + 1]) < bound:
-                return i
-            i += 1
-        return n
+def _workers(threads: int | None) -> int:
+    return max(1, int(threads or os.cpu_count() or 1))
 
-    @numba.njit(nogil=True, cache=True)
-    def _dist(qw, flat, q, i):
-        nw = qw.shape[1]
-        d = 0
-        for w in range(nw):
-            d += _popcount(qw[q, w] ^ flat[i * nw + w])
-        return d
 
-    @numba.njit(nogil=True, cache=True)
-    def _next(qw, flat, q, i, bound):
-        nw = qw.shape[1]
-        n = flat.shape[0] // nw
-        if nw == 1:
-            return _next1(qw, flat, q, i, bound)
-        if nw == 2:
-            return _next2(qw, flat, q, i, bound)
-        while i < n:
-            if _dist(qw, flat, q, i) < bound:
-                return i
-            i += 1
-        return n
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
-    @numba.njit(nogil=True, cache=True)
-    def _topk_numba(qw, dw, k, nbits, capacity, idx_out, dist_out):
-        n = dw.shape[0]
-        flat = dw.ravel()
-        cand_i = np.empty(capacity, dtype=np.int64)
-        cand_d = np.empty(capacity, dtype=np.int64)
-        hist = np.zeros(nbits + 2, dtype=np.int64)
-        start = np.zeros(nbits + 2, dtype=np.int64)
-        for q in range(qw.shape[0]):
-            hist[:] = 0
-            bound = nbits + 1  # accept everything until the buffer first fills
-            m = 0
-            i = _next(qw, flat, q, 0, bound)
-            while i < n:
-                d = _dist(qw, flat, q, i)
-                cand_i[m] = i
-                cand_d[m] = d
-                hist[d] += 1
-                m += 1
-                if m == capacity:  # keep the best k; from now on only d < k-th distance can enter
-                    bound = _compact(cand_i, cand_d, m, hist, k)
-                    m = k
-                i = _next(qw, flat, q, i + 1, bound)
-            _compact(cand_i, cand_d, m, hist, k)
-            # Counting sort by distance; candidates are already in position order, so ties keep it.
-            start[0] = 0
-            for d in range(1, nbits + 2):
-                start[d] = start[d - 1] + hist[d - 1]
-            for c in range(k):
-                d = cand_d[c]
-                idx_out[q, start[d]] = cand_i[c]
-                dist_out[q, start[d]] = d
-                start[d] += 1
+
+def _run(tasks) -> list:
+    """Run the zero-argument ``tasks`` on a thread pool kept for reuse (the kernels release the
+    GIL; starting threads on every call cost as much as a small scan). A plain pool instead of
+    numba's parallel=True keeps compilation to seconds."""
+    if len(tasks) == 1:
+        return [tasks[0]()]
+    with _POOLS_LOCK:
+        pool = _POOLS.get(len(tasks))
+        if pool is None:
+            pool = _POOLS[len(tasks)] = ThreadPoolExecutor(len(tasks), thread_name_prefix="cmhash-index")
+    return list(pool.map(lambda task: task(), tasks))
+
+
+def _ranges(lo: int, hi: int, parts: int, align: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous ranges covering [lo, hi), cut at multiples of ``align``."""
+    cuts = [lo + (hi - lo) * p // parts // align * align for p in range(parts)] + [hi]
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def _numba_args(qw: np.ndarray, dw: np.ndarray, tile_bytes: int | None):
+    """uint64 words (one compiled specialisation for every code length; narrower words widen
+    without changing any XOR-popcount), the tile in codes and the block."""
+    nb = _numba()
+    qw, dw = np.ascontiguousarray(qw, dtype=np.uint64), np.ascontiguousarray(dw, dtype=np.uint64)
+    nw = dw.shape[1]
+    return nb, qw, dw, nb.tile_codes(nw, tile_bytes or nb.TILE_BYTES), nb.BLOCK if nw == 1 else nb.BLOCK_WIDE
 
 
 def topk_numba(
-    qw: np.ndarray, dw: np.ndarray, k: int, nbits: int, *, capacity: int | None = None, threads: int | None = None
-):
-    """The numba twin of :func:`topk_numpy` (same results, for any ``threads``); ``capacity`` is
-    the candidate buffer size per query."""
-    if not HAVE_NUMBA:
-        raise ImportError("the numba backend needs numba: pip install 'cmhash[fast]'")
+    qw: np.ndarray, dw: np.ndarray, k: int, nbits: int, *, capacity: int | None = None,
+    threads: int | None = None, tile_bytes: int | None = None, group: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The numba twin of :func:`topk_numpy`: same results for any ``threads``, buffer
+    ``capacity`` (candidates per query), tile and query ``group`` size.
+
+    Many queries are split over the threads; fewer queries than threads split the database
+    instead (each thread's top-k of its range, merged by distance then position)."""
     n = dw.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    nb, qw, dw, tile, block = _numba_args(qw, dw, tile_bytes)
     capacity = max(k + 1, 4 * k, 1024) if capacity is None else max(int(capacity), k + 1)
-    nq = qw.shape[0]
-    # One word type for the compiled kernel: narrower words (codes of <= 4 bytes) are widened to
-    # uint64, which leaves every XOR-popcount unchanged and compiles one specialisation, not four.
-    qw, dw = np.ascontiguousarray(qw, dtype=np.uint64), np.ascontiguousarray(dw, dtype=np.uint64)
+    group = int(group or nb.GROUP)
+    nq, workers = qw.shape[0], _workers(threads)
     idx_out = np.empty((nq, k), dtype=np.int64)
     dist_out = np.empty((nq, k), dtype=np.uint16)
-    # Queries are independent: split them over threads (the kernel releases the GIL). A plain
-    # thread pool instead of numba's parallel=True keeps compilation to a second or two.
-    workers = max(1, min(threads or os.cpu_count() or 1, nq))
-    bounds = np.linspace(0, nq, workers + 1).astype(int)
-
-    def run(part: int) -> None:
-        s, e = bounds[part], bounds[part + 1]
-        _topk_numba(qw[s:e], dw, int(k), int(nbits), capacity, idx_out[s:e], dist_out[s:e])
-
-    if workers == 1:
-        run(0)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, range(workers)))
+    args = (int(k), int(nbits), capacity, tile, group)
+    if nq >= workers or workers == 1 or n < 2 * k:
+        parts = _ranges(0, nq, min(workers, nq), 1)
+        _run([lambda s=s, e=e: nb.topk(qw[s:e], dw, 0, n, *args, idx_out[s:e], dist_out[s:e]) for s, e in parts])
+        return idx_out, dist_out
+    ranges = _ranges(0, n, min(workers, n // k), block)
+    parts_i = np.empty((len(ranges), nq, k), dtype=np.int64)
+    parts_d = np.empty((len(ranges), nq, k), dtype=np.uint16)
+    _run([lambda p=p, a=a, b=b: nb.topk(qw, dw, a, b, *args, parts_i[p], parts_d[p]) for p, (a, b) in enumerate(ranges)])
+    nb.merge_topk(parts_i, parts_d, int(k), int(nbits), idx_out, dist_out)
     return idx_out, dist_out
+
+
+def radius_numba(
+    qw: np.ndarray, dw: np.ndarray, radius: int, nbits: int, *, threads: int | None = None,
+    tile_bytes: int | None = None, group: int | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The numba twin of :func:`radius_numpy` (same results for any ``threads``, tile and
+    query ``group`` size).
+    Many queries are split over the threads; fewer queries than threads split the database."""
+    nb, qw, dw, tile, block = _numba_args(qw, dw, tile_bytes)
+    n, nq, workers = dw.shape[0], qw.shape[0], _workers(threads)
+    r = min(int(radius), int(nbits))
+    args = (r, int(nbits), tile, int(group or nb.GROUP))
+    if nq >= workers or workers == 1:
+        parts = _ranges(0, nq, min(workers, nq), 1)
+        found = _run([lambda s=s, e=e: nb.radius(qw[s:e], dw, 0, n, *args) for s, e in parts])
+        counts = np.concatenate([c for c, _, _ in found])
+        pos = np.concatenate([p for _, p, _ in found])
+        dist = np.concatenate([d for _, _, d in found])
+    else:  # few queries: split the database; ranges ascend in position, merged by distance
+        ranges = _ranges(0, n, min(workers, max(1, n // block)), block)
+        found = _run([lambda a=a, b=b: nb.radius(qw, dw, a, b, *args) for a, b in ranges])
+        counts, pos, dist = nb.merge_radius(np.stack([c for c, _, _ in found]), np.concatenate([p for _, p, _ in found]),
+                                            np.concatenate([d for _, _, d in found]), int(nbits))
+    bounds = np.zeros(nq + 1, dtype=np.int64)
+    np.cumsum(counts, out=bounds[1:])
+    return [(pos[a:b], dist[a:b]) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]

@@ -25,10 +25,11 @@ blocks in float64.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 import scipy.linalg as sla
+
+from cmhash._blas import BlasThreads
 
 CHOLQR_MAX_COND = 1e2  # cond(U^T U) up to which Cholesky QR is used (orthogonality ~ cond * eps)
 POLAR_MAX_COND = 1e7  # cond(M^T M) up to which the polar factor is taken from M^T M
@@ -39,54 +40,6 @@ PARALLEL_MIN_ROWS = 8192
 
 
 # ------------------------------------------------------------------------- BLAS threads
-class BlasThreads:
-    """BLAS threads during a fit: one for everything inside ``small()`` (the solver's many small
-    products and LAPACK calls, where thread start-up costs more than it saves and, on a loaded
-    machine, spinning idle threads slow everything down), and the count the process was
-    configured with (OPENBLAS_NUM_THREADS, threadpoolctl) inside ``wide()`` (the n x a products:
-    RBF distances, X W, X^T B, the ridge Gram). Without threadpoolctl both are no-ops."""
-
-    def __init__(self):
-        self._ctl, self._wide = None, None
-
-    def _controller(self):
-        if self._ctl is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:
-                self._ctl = False
-            else:
-                self._ctl = ThreadpoolController()
-        return self._ctl
-
-    @contextmanager
-    def small(self):
-        ctl, outer = self._controller(), self._wide
-        if not ctl:
-            yield
-            return
-        if outer is None:
-            self._wide = max((i["num_threads"] for i in ctl.info() if i["user_api"] == "blas"), default=1)
-        try:
-            with ctl.limit(limits=1, user_api="blas"):
-                yield
-        finally:
-            self._wide = outer
-
-    @contextmanager
-    def wide(self):
-        if not self._ctl or not self._wide or self._wide == 1:
-            yield
-            return
-        with self._ctl.limit(limits=self._wide, user_api="blas"):
-            yield
-
-    def workers(self) -> int:
-        """Inside ``small()``: the configured BLAS thread count, the number of Python threads
-        that independent single-threaded steps may use side by side (1 without threadpoolctl)."""
-        return self._wide or 1
-
-
 BLAS = BlasThreads()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg as sla
 
+from cmhash._blas import BlasThreads
 from cmhash.codes import PackedCodes, pack, sign
 from cmhash.data.dataset import CrossModalDataset
 from cmhash.methods.base import HashingMethod, HashModel
@@ -73,6 +74,11 @@ class CCAITQ(HashingMethod):
     defaults = {"reg": 1e-4, "itq_iters": 50}
 
     def _fit(self, train: CrossModalDataset, bits: int, *, seed: int, progress: Progress | None) -> HashModel:
+        # Every product here is small (features x bits, bits x bits; 50 ITQ rounds): one BLAS thread.
+        with BlasThreads().small():
+            return self._fit_single_thread(train, bits, seed=seed)
+
+    def _fit_single_thread(self, train: CrossModalDataset, bits: int, *, seed: int) -> HashModel:
         rng = np.random.default_rng(seed)
         mean = {m: train.features(m).mean(axis=0) for m in ("image", "text")}
         x, y = train.image - mean["image"], train.text - mean["text"]

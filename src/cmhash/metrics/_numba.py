@@ -54,10 +54,12 @@ def _histograms(qw, dw, qm, dm, qi, h_all, h_rel):
 def _relevant_ranks(qw, dw, qm, dm, qi, nbits, buf, ranks):
     """Fill ``ranks[h-1]`` = stable rank of the h-th relevant item (h = 1..R); return R.
 
-    One pass over the database builds the histograms; while it does, the running count of
-    bucket d is the number of earlier items at distance d, so each relevant item records
-    (its distance, that count) in ``buf`` (branch-free append). After the prefix sums, a pass
-    over the R relevant items alone places them. ``buf`` and ``ranks`` need n_db slots.
+    One pass over the database builds the histogram of all items; while it does, the running
+    count of bucket d is the number of earlier items at distance d, so each relevant item records
+    (its distance, that count) in ``buf`` (branch-free append). The relevant items' histogram is
+    counted from those records afterwards (R steps; doing it in the pass, one more
+    read-modify-write per item, cost ~20%). After the prefix sums, a pass over the R relevant
+    items alone places them. ``buf`` and ``ranks`` need n_db slots.
     """
     n, nw, nl = dw.shape[0], dw.shape[1], dm.shape[1]
     h_all = np.zeros(nbits + 1, np.int64)
@@ -73,7 +75,6 @@ def _relevant_ranks(qw, dw, qm, dm, qi, nbits, buf, ranks):
             buf[cnt] = (p << 16) | d
             cnt += r
             h_all[d] = p + 1
-            h_rel[d] += r
     else:
         for i in range(n):
             d, r = _distance_relevance(qw, dw, qm, dm, qi, i)
@@ -81,7 +82,8 @@ def _relevant_ranks(qw, dw, qm, dm, qi, nbits, buf, ranks):
             buf[cnt] = (p << 16) | d
             cnt += r
             h_all[d] = p + 1
-            h_rel[d] += r
+    for t in range(cnt):  # the relevant items' histogram, from their records (R steps, not n)
+        h_rel[buf[t] & 0xFFFF] += 1
     a = 0
     b = 0
     for d in range(nbits + 1):  # exclusive prefix sums: first rank-1 / first hit-1 of each bucket
