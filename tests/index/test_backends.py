@@ -16,7 +16,6 @@ import glob
 import os
 import tempfile
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,23 +35,8 @@ from cmhash.index.milvus import MilvusError, MilvusIndex  # noqa: E402
 BACKENDS = ["hamming", "milvus"]
 
 
-def milvus_children() -> list[int]:
-    """Pids of this process's child processes named milvus (the Milvus Lite server)."""
-    me, found = os.getpid(), []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            text = Path(stat).read_text()
-        except OSError:
-            continue
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        ppid = int(text[text.rindex(")") + 2 :].split()[1])
-        if ppid == me and "milvus" in comm:
-            found.append(int(stat.split("/")[2]))
-    return found
-
-
 @pytest.fixture(scope="module")
-def lite():
+def lite(milvus_children):
     """A Milvus Lite file in a temporary folder, its server held open by one index for the
     module; afterwards: no server process, no socket, no lock file, the folder removed."""
     folder = tempfile.mkdtemp(prefix="cmhash-milvus-")
@@ -303,13 +287,14 @@ def test_milvus_needs_ids_where_hamming_numbers_positions(lite):
 
 def test_milvus_collection_is_durable_and_checked_when_reopened(lite):
     codes = np.where(np.random.default_rng(0).random((5, 72)) < 0.5, -1, 1)
-    with MilvusIndex(lite, "durable", 72) as index:
+    with MilvusIndex(lite, "durable", 72, info={"modality": "image", "dataset": "wiki"}) as index:
         index.add(codes, ["a", "b", "c", "d", "e"], [{"i": i} for i in range(5)])
         index.save()
         with pytest.raises(ValueError, match="takes no path"):
             index.save("file.npz")
     with MilvusIndex(lite, "durable") as again:  # nbits and id type come from the collection
         assert again.nbits == 72 and again.id_type == "str" and len(again) == 5
+        assert again.info == {"modality": "image", "dataset": "wiki"}
         assert again.payloads(["e"]) == [{"i": 4}]
         np.testing.assert_array_equal(again.search(codes[:1], 1)[1], [[0]])
     with pytest.raises(ValueError, match="holds 72-bit codes, not 64"):

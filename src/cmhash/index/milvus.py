@@ -83,7 +83,8 @@ class MilvusIndex:
     and ``id_type``, when given, must match) or creates it: at once when ``id_type`` is given,
     else at the first ``add``/``upsert`` from the kind of ids passed. ``insert_batch`` rows go to
     Milvus per insert call, ``search_batch`` queries per search call; ``timeout`` (seconds)
-    bounds every call.
+    bounds every call. ``info`` (a JSON-ready dict, e.g. the modality and dataset of the codes) is
+    kept in the collection's description with the code length and read back when it is opened.
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class MilvusIndex:
         insert_batch: int = 10_000,
         search_batch: int = 1_000,
         timeout: float = 60.0,
+        info: dict[str, Any] | None = None,
     ):
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
@@ -119,6 +121,11 @@ class MilvusIndex:
         self.index_type, self.nlist, self.nprobe = index_type, int(nlist), int(nprobe)
         self.insert_batch, self.search_batch, self.timeout = int(insert_batch), int(search_batch), float(timeout)
         self._with_payloads = bool(payloads)
+        try:
+            json.dumps(info or {})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"info must be JSON-ready (str, numbers, lists, dicts): {exc}") from exc
+        self.info: dict[str, Any] = dict(info or {})
         self._nbits = None if nbits is None else int(nbits)
         self._id_type: str | None = None
         self._client = None
@@ -224,7 +231,10 @@ class MilvusIndex:
                 f"collection {self.collection!r} at {self._where()} is not a cmhash code collection "
                 f"(needs a primary key 'id' and a BINARY_VECTOR 'code'; has {sorted(fields)})"
             )
-        found_bits = _described_nbits(desc.get("description", "")) or int(code["params"]["dim"])
+        described = _described(desc.get("description", ""))
+        found_bits = int(described.get("nbits") or code["params"]["dim"])
+        if described.get("info") and not self.info:
+            self.info = dict(described["info"])
         if nbits is not None and int(nbits) != found_bits:
             raise ValueError(f"collection {self.collection!r} holds {found_bits}-bit codes, not {nbits}")
         found_id = "int" if pk["type"] == DataType.INT64 else "str"
@@ -245,7 +255,7 @@ class MilvusIndex:
         client = self._live()
         # Milvus binary vectors are whole bytes: an nbits code is stored zero-padded (as packed),
         # which changes no distance; the true length is kept in the collection's description.
-        description = json.dumps({"cmhash": {"nbits": self._nbits}})
+        description = json.dumps({"cmhash": {"nbits": self._nbits, "info": self.info}})
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
         if id_type == "int":
             schema.add_field("id", DataType.INT64, is_primary=True)
@@ -534,12 +544,13 @@ class MilvusIndex:
         return ids, np.concatenate(dists) if dists else np.empty(0, dtype=np.uint16)
 
 
-def _described_nbits(description: str) -> int | None:
-    """The code length a cmhash-made collection records in its description."""
+def _described(description: str) -> dict[str, Any]:
+    """What a cmhash-made collection records in its description: nbits and info."""
     try:
-        return int(json.loads(description)["cmhash"]["nbits"])
+        found = json.loads(description)["cmhash"]
     except (ValueError, TypeError, KeyError):
-        return None
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _reason(exc: BaseException) -> str:
