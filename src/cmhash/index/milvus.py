@@ -129,6 +129,7 @@ class MilvusIndex:
         self._nbits = None if nbits is None else int(nbits)
         self._id_type: str | None = None
         self._client = None
+        self._orm = None  # pymilvus.Collection on the client's connection, for column-wise writes
         self._lite_path: str | None = None
         if self.lite:
             path = Path(self.uri).expanduser()
@@ -182,7 +183,7 @@ class MilvusIndex:
 
     def close(self) -> None:
         """Close the connection; the last index on a Milvus Lite file also stops its server."""
-        client, self._client = self._client, None
+        client, self._client, self._orm = self._client, None, None
         if client is not None:
             try:
                 client.close()
@@ -370,20 +371,19 @@ class MilvusIndex:
         return checked
 
     def _write(self, operation: str, packed: PackedCodes, ids: np.ndarray, payloads: list | None) -> None:
-        client = self._live()
-        fn = client.insert if operation == "insert" else client.upsert
+        # Column-wise through pymilvus's Collection on the client's connection: its row-wise
+        # insert spends ~60 us per field value in Python (18x slower, measured on 20,000 rows).
+        if self._orm is None:
+            self._orm = _pymilvus().Collection(self.collection, using=self._live()._using)
+        fn = getattr(self._orm, operation)
         data, id_list = packed.data, ids.tolist()
         for start in range(0, len(id_list), self.insert_batch):
             stop = min(start + self.insert_batch, len(id_list))
-            rows = []
-            for i in range(start, stop):
-                row = {"id": id_list[i], "code": data[i].tobytes()}
-                if self._with_payloads:
-                    p = None if payloads is None else payloads[i]
-                    row["payload"] = {} if p is None else p
-                    row["has_payload"] = p is not None
-                rows.append(row)
-            self._call(operation, fn, self.collection, rows)
+            columns: list[list] = [id_list[start:stop], [data[i].tobytes() for i in range(start, stop)]]
+            if self._with_payloads:
+                chunk = [None] * (stop - start) if payloads is None else payloads[start:stop]
+                columns += [[{} if p is None else p for p in chunk], [p is not None for p in chunk]]
+            self._call(operation, fn, columns)
 
     def remove(self, ids: Any) -> int:
         """Delete the items with these ids (unknown ids are ignored); returns how many were removed."""
