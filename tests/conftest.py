@@ -20,20 +20,31 @@ def data_root() -> Path | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def wiki_path() -> Path:
-    """Path of wikiData.mat; skip with a reason in a user's clone, fail in CI (CI=true)."""
+def shared_data_file(relative: str, what: str) -> Path:
+    """Path of a shared benchmark file; skip with a reason in a user's clone, fail in CI (CI=true)."""
     root = data_root()
-    path = root / "wiki" / "wikiData.mat" if root else None
+    path = root / relative if root else None
     if path is None or not path.is_file():
         reason = (
-            "WIKI benchmark file not found: set CMHASH_DATA to the folder holding wiki/wikiData.mat "
-            "(or place it at ../shared/data/wiki/wikiData.mat beside the repo)"
+            f"{what} benchmark file not found: set CMHASH_DATA to the folder holding {relative} "
+            f"(or place it at ../shared/data/{relative} beside the repo)"
         )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("CI=true but " + reason)
         pytest.skip(reason)
     return path
+
+
+@pytest.fixture(scope="session")
+def wiki_path() -> Path:
+    """Path of wikiData.mat (WIKI)."""
+    return shared_data_file("wiki/wikiData.mat", "WIKI")
+
+
+@pytest.fixture(scope="session")
+def wiki_roph_path() -> Path:
+    """Path of wiki-roph/wiki.mat (WIKI with RoPH's features)."""
+    return shared_data_file("wiki-roph/wiki.mat", "WIKI-RoPH")
 
 
 @pytest.fixture(autouse=True, scope="module")

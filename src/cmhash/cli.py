@@ -469,6 +469,12 @@ def _parse_ints(text: str, name: str) -> list[int]:
     return values
 
 
+# ------------------------------------------------ features from raw images and captions (features)
+from cmhash.cli_features import features as _features  # noqa: E402 (typer only; torch loads on use)
+
+app.command("features")(_features)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     app(args=argv, prog_name="cmhash")
 

@@ -232,3 +232,41 @@ def test_items_without_labels_need_the_flag(tmp_path):
         load_dataset(path, "ucch", benchmark="mirflickr")
     data = load_dataset(path, "ucch", benchmark="mirflickr", allow_empty_labels=True)
     assert data.train.labels[7].sum() == 0 and len(data.query) == 2000
+
+
+def test_wiki_roph_shipped_split(wiki_roph_path, monkeypatch):
+    """WIKI-RoPH: a MATLAB struct with features x items matrices, sparse labels and a 1-based
+    split; query = ind_test, train = database = ind_train, both in stored order."""
+    monkeypatch.setenv("CMHASH_DATA", str(wiki_roph_path.parent.parent))
+    data = load_dataset("wiki-roph")
+    assert (len(data.train), len(data.query), len(data.database)) == (2173, 693, 2173)
+    assert data.train.image.shape[1] == 128 and data.train.text.shape[1] == 100
+    assert data.train.labels.shape[1] == 10
+    raw = scipy.io.loadmat(wiki_roph_path)["data"][0, 0]
+    test_rows = raw["split"][0, 0]["ind_test"].reshape(-1).astype(int) - 1
+    train_rows = raw["split"][0, 0]["ind_train"].reshape(-1).astype(int) - 1
+    np.testing.assert_array_equal(data.query.image, raw["X1"].T[test_rows])
+    np.testing.assert_array_equal(data.train.text, raw["X2"].T[train_rows])
+    np.testing.assert_array_equal(data.query.labels, raw["Y"].toarray().T[test_rows].astype(np.uint8))
+    # per-class training counts stated in the file's SOURCE.md
+    assert data.train.labels.sum(0).tolist() == [138, 258, 254, 255, 215, 176, 178, 148, 214, 337]
+    assert data.info["benchmark"] == "wiki-roph" and "1-based" in data.info["split"]
+
+
+def test_index_split_layout_errors(tmp_path):
+    """Split item numbers out of range for their stated base are refused with the key named."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(0)
+    split = {"ind_train": np.arange(1, 9, dtype=np.uint16)[None], "ind_test": np.array([[9, 10]])}
+    data = {"X1": rng.normal(size=(4, 10)), "X2": rng.normal(size=(3, 10)),
+            "Y": scipy.sparse.csc_matrix(np.eye(2, dtype=bool)[:, rng.integers(0, 2, 10)]), "split": split}
+    good = tmp_path / "good.mat"
+    scipy.io.savemat(good, {"data": data})
+    ds = load_dataset(good)
+    assert (len(ds.query), len(ds.database)) == (2, 8)
+    split["ind_test"] = np.array([[10, 11]])  # 11 > 10 items
+    bad = tmp_path / "bad.mat"
+    scipy.io.savemat(bad, {"data": data})
+    with pytest.raises(ValueError, match=r"data/split/ind_test.*1\.\.10"):
+        load_dataset(bad)

@@ -296,3 +296,35 @@ def test_npz_with_object_arrays_is_refused(tmp_path):
     np.savez(path, image=np.array([np.ones(2), "x"], dtype=object))
     with pytest.raises(ValueError, match=r"obj\.npz: holds object arrays"):
         read_source(path)
+
+
+# ------------------------------------------------ cmhash feature files (cmhash features)
+def test_npz_and_features_layouts_carry_views_and_ids(tmp_path):
+    """A part's optional ``views`` / ``ids`` sit beside its ``image`` key; the pool joins them."""
+    from cmhash.data.protocols import load_dataset
+
+    image, text, labels = _items(7)
+    views = np.random.default_rng(1).standard_normal((7, 3, 5))
+    ids = np.array([f"img{i}.jpg" for i in range(7)])
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, image=image, text=text, labels=labels, views=views, ids=ids)
+    part = read_source(flat).parts["all"]
+    np.testing.assert_array_equal(part.views, views)
+    assert part.ids.tolist() == ids.tolist()
+
+    query = np.array([1, 4])
+    database = np.setdiff1d(np.arange(7), query)
+    split = tmp_path / "split.npz"
+    np.savez(split, **{f"{name}/{key}": arr[rows] for name, rows in (("database", database), ("query", query))
+                       for key, arr in (("image", image), ("text", text), ("labels", labels), ("views", views),
+                                        ("ids", ids))})
+    data = load_dataset(split)
+    assert data.info["layout"] == "features" and data.info["protocol"] == "shipped"
+    assert data.query.ids.tolist() == ["img1.jpg", "img4.jpg"]
+    np.testing.assert_array_equal(data.query.views, views[query])
+    np.testing.assert_array_equal(data.train.views, views[database])
+    np.testing.assert_array_equal(data.database.image, image[database])
+    without_views = tmp_path / "no-views.npz"
+    np.savez(without_views, **{f"{name}/{key}": arr[rows] for name, rows in (("database", database), ("query", query))
+                               for key, arr in (("image", image), ("text", text), ("labels", labels))})
+    assert load_dataset(without_views).train.views is None

@@ -9,10 +9,11 @@ from cmhash.data.dataset import CrossModalDataset, one_hot
 from cmhash.data.synthetic import make_synthetic
 from cmhash.evaluation import evaluate
 from cmhash.methods.base import HashModel
-from cmhash.methods.dcgh import (
-    DCGH, DCGHModel, Solver, anchor_distances, balanced_orthogonal, cholqr_rinv, fit_rbf, gram64,
-    householder_q, matmul_rows, normalise_labels, procrustes, rbf_features, ridge_projection, sgn,
+from cmhash.methods._dcgh_linalg import (
+    anchor_distances, cholqr_rinv, fit_rbf, gram64, householder_q, matmul_rows, procrustes, rbf_features,
+    ridge_projection,
 )
+from cmhash.methods.dcgh import DCGH, DCGHModel, Solver, balanced_orthogonal, normalise_labels, sgn
 from cmhash.methods.registry import get_method
 
 
@@ -258,12 +259,12 @@ def test_steps_other_than_w_never_increase_the_objective():
 
 
 def test_b_and_g_steps_in_two_threads_give_the_serial_result(monkeypatch):
-    import cmhash.methods.dcgh as dcgh
+    import cmhash.methods._dcgh_linalg as fast
 
-    monkeypatch.setattr(dcgh, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(fast, "PARALLEL_MIN_ROWS", 0)
     states = []
     for workers in (1, 2):
-        monkeypatch.setattr(dcgh.BLAS, "workers", lambda w=workers: w)
+        monkeypatch.setattr(fast.BLAS, "workers", lambda w=workers: w)
         s = small_solver(bits=12, n=300, c=5)  # 12 bits of 9 + 12 features: the B-steps fill rank
         for _ in range(3):
             s.iterate()
@@ -341,9 +342,9 @@ def test_rbf_in_threads_is_the_serial_result(kernel, sigma):
 
 @pytest.mark.parametrize("n,block,workers", [(103, 8, 2), (103, 8, 40), (16, 8, 3), (5, 8, 2), (0, 8, 2)])
 def test_row_parts_cover_the_rows_at_block_boundaries(n, block, workers):
-    from cmhash.methods.dcgh import _row_parts
+    from cmhash.methods._dcgh_linalg import row_parts
 
-    parts = _row_parts(n, block, workers)
+    parts = row_parts(n, block, workers)
     assert len(parts) <= max(1, workers)
     assert [p.start for p in parts] == [0] + [p.stop for p in parts[:-1]] and parts[-1].stop == n
     assert all(p.start % block == 0 for p in parts)
@@ -462,7 +463,7 @@ def test_wiki_16_bits_is_in_the_papers_range(wiki_path):
 
 def test_blas_threads_one_for_small_work_configured_count_for_wide_products():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from cmhash.methods.dcgh import BlasThreads
+    from cmhash.methods._dcgh_linalg import BlasThreads
 
     def counts():
         return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}

@@ -74,6 +74,14 @@ BENCHMARKS: dict[str, Benchmark] = {
             "10, single-label", {"dcgh": 693}, default_protocol="dcgh",
         ),
         Benchmark(
+            "wiki-roph",
+            "Wikipedia with RoPH's features (Ding et al., TMM 2017), 2,866 pairs, image 128-d "
+            "(zero-mean, CNN-like) / text 100-d, shipped 1-based split",
+            (("wiki.mat",),),
+            "10, single-label", {}, default_protocol="shipped",
+            aliases=("wikiroph", "wiki_roph", "roph"),
+        ),
+        Benchmark(
             "mirflickr", "MIRFlickr-25K (20,015 cleaned pairs in DCMH/UCCH files)",
             (
                 ("mirflickr25k-iall-vgg.mat", "mirflickr25k-yall.mat", "mirflickr25k-lall.mat"),
@@ -181,7 +189,7 @@ def load_dataset(
     if protocol is None:
         if bench is not None:
             protocol = bench.default_protocol
-        elif source.layout.query is not None:
+        elif source.layout.ships_query:
             protocol = "shipped"
         else:
             raise ValueError(
@@ -267,6 +275,15 @@ def _split(
             return np.arange(*ranges[name])
         # a part outside the pool (the pickle layout's train): locate its rows in the pool
         return _match_rows(source.parts[name], pool, where)
+
+    if protocol == "shipped" and source.index_split:
+        query, database = source.index_split["query"], source.index_split["database"]
+        train = source.index_split.get("train", database)
+        if np.intersect1d(query, database).size:
+            raise ValueError(f"{where}: the shipped query and database item numbers overlap")
+        return query, train, database, (
+            f"shipped split of the '{layout.name}' layout (item numbers, {layout.index_base}-based)"
+        )
 
     if protocol == "shipped":
         if layout.query is None:

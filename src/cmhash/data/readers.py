@@ -52,10 +52,18 @@ class Layout:
     database: str | None = None
     train: str | None = None
     pool: tuple[str, ...] = ()
+    # A split shipped as item numbers into the pool rather than as separate parts: role
+    # ("query" / "database" / "train") -> key of an index array, numbered from ``index_base``.
+    index_split: Mapping[str, str] = field(default_factory=dict)
+    index_base: int = 0
 
     @property
     def keys(self) -> tuple[str, ...]:
-        return tuple(k for triple in self.parts.values() for k in triple)
+        return tuple(k for triple in self.parts.values() for k in triple) + tuple(self.index_split.values())
+
+    @property
+    def ships_query(self) -> bool:
+        return self.query is not None or "query" in self.index_split
 
 
 LAYOUTS: tuple[Layout, ...] = (
@@ -84,10 +92,25 @@ LAYOUTS: tuple[Layout, ...] = (
         pool=("all",),
     ),
     Layout(
+        "roph",
+        {"all": ("data/X1", "data/X2", "data/Y")},
+        "RoPH (Ding et al., TMM 2017) wiki.mat: struct data with X1 (image), X2 (text), Y (labels), "
+        "stored features x items, and a 1-based split split.ind_train / split.ind_test",
+        pool=("all",),
+        index_split={"query": "data/split/ind_test", "database": "data/split/ind_train"},
+        index_base=1,
+    ),
+    Layout(
         "npz",
         {"all": ("image", "text", "labels")},
         "cmhash .npz: image, text, labels",
         pool=("all",),
+    ),
+    Layout(
+        "features",
+        {p: (f"{p}/image", f"{p}/text", f"{p}/labels") for p in ("database", "query")},
+        "cmhash features --query N: database/ and query/ parts, each with image, text, labels",
+        query="query", database="database", train="database", pool=("database", "query"),
     ),
     Layout(
         "pickle",
@@ -111,6 +134,7 @@ class Source:
     parts: dict[str, CrossModalDataset]
     files: tuple[Path, ...]
     notes: dict[str, Any] = field(default_factory=dict)
+    index_split: dict[str, np.ndarray] = field(default_factory=dict)  # role -> 0-based pool rows
 
     def pool(self) -> tuple[CrossModalDataset, dict[str, tuple[int, int]]]:
         """Every item once (the layout's pool parts concatenated) and each part's [start, stop)."""
@@ -128,6 +152,8 @@ class Source:
             image=np.concatenate([p.image for p in chosen]),
             text=np.concatenate([p.text for p in chosen]),
             labels=np.concatenate([p.labels for p in chosen]),
+            views=_concat_optional([p.views for p in chosen]),
+            ids=_concat_optional([p.ids for p in chosen]),
             name=first.name.split("/")[0],
             allow_empty_labels=any(p.allow_empty_labels for p in chosen),
         )
@@ -177,8 +203,19 @@ def _read_mat_v5(path: Path) -> dict[str, Any]:
     for key, value in raw.items():
         if key in MAT_META_KEYS:
             continue
-        out[key] = value.toarray() if scipy.sparse.issparse(value) else value
-    return out
+        out.update(_mat_struct_fields(key, value))
+    return {k: v.toarray() if scipy.sparse.issparse(v) else v for k, v in out.items()}
+
+
+def _mat_struct_fields(name: str, value: Any) -> dict[str, Any]:
+    """A MATLAB scalar struct (scipy: a 1 x 1 record array) as ``name/field`` keys, recursively."""
+    if isinstance(value, np.ndarray) and value.dtype.names and value.size == 1:
+        record = value.reshape(-1)[0]
+        out: dict[str, Any] = {}
+        for field_name in value.dtype.names:
+            out.update(_mat_struct_fields(f"{name}/{field_name}", record[field_name]))
+        return out
+    return {name: value}
 
 
 def _is_matlab_hdf5(path: Path, handle: Any) -> bool:
@@ -346,13 +383,38 @@ def read_source(
         try:
             parts[part] = CrossModalDataset(
                 image=_dense(image), text=_dense(text), labels=labels[part], name=f"{name}/{part}",
-                allow_empty_labels=allow_empty_labels,
+                allow_empty_labels=allow_empty_labels, **_beside(keys[0], arrays, layout),
             )
         except ValueError as exc:
             raise ValueError(
                 f"{origin[keys[0]]}: part '{part}' (keys {', '.join(keys)}): {exc}"
             ) from exc
-    return Source(layout=layout, parts=parts, files=files, notes=notes)
+    n_pool = sum(len(parts[p]) for p in layout.pool)
+    index_split = {
+        role: _item_numbers(arrays[key], layout.index_base, n_pool, f"{origin[key]}: key '{key}'")
+        for role, key in layout.index_split.items()
+    }
+    return Source(layout=layout, parts=parts, files=files, notes=notes, index_split=index_split)
+
+
+def _item_numbers(value: Any, base: int, n: int, where: str) -> np.ndarray:
+    """Item numbers (``base``-based, any integer-valued dtype) as validated 0-based row indices."""
+    raw = _dense(value).reshape(-1)
+    if raw.size == 0:
+        raise ValueError(f"{where}: empty split index array")
+    if not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)):
+        raise ValueError(f"{where}: split indices must be integers, got dtype {raw.dtype}")
+    if np.issubdtype(raw.dtype, np.floating) and not np.array_equal(raw, np.round(raw)):
+        raise ValueError(f"{where}: split indices must be whole numbers")
+    idx = raw.astype(np.int64) - base
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError(
+            f"{where}: split indices must lie in {base}..{n - 1 + base} ({base}-based, {n} items), "
+            f"got {int(raw.min())}..{int(raw.max())}"
+        )
+    if np.unique(idx).size != idx.size:
+        raise ValueError(f"{where}: split indices repeat an item")
+    return idx
 
 
 def _dense(x: Any) -> np.ndarray:
@@ -413,3 +475,17 @@ def _labels_to_multi_hot(
     except ValueError as exc:
         raise ValueError(f"{where}: label class indices: {exc}") from exc
     return out, {"labels": f"class indices ({base}-based) converted to one-hot, {num_classes} classes"}
+
+
+def _beside(image_key: str, arrays: dict[str, Any], layout: Layout) -> dict[str, np.ndarray]:
+    """A cmhash file's optional ``views`` and ``ids`` beside a part's ``image`` key
+    (``views`` / ``ids``, or ``<part>/views`` / ``<part>/ids``), as written by ``cmhash features``."""
+    if layout.name not in ("npz", "features"):
+        return {}
+    prefix = image_key[: -len("image")]
+    return {k: np.asarray(arrays[prefix + k]) for k in ("views", "ids") if prefix + k in arrays}
+
+
+def _concat_optional(arrays: list[np.ndarray | None]) -> np.ndarray | None:
+    """Parts' views (or ids) joined, when every part has them."""
+    return None if any(a is None for a in arrays) else np.concatenate(arrays)
