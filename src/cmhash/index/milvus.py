@@ -85,6 +85,11 @@ class MilvusIndex:
     Milvus per insert call, ``search_batch`` queries per search call; ``timeout`` (seconds)
     bounds every call. ``info`` (a JSON-ready dict, e.g. the modality and dataset of the codes) is
     kept in the collection's description with the code length and read back when it is opened.
+
+    ``code_field`` / ``present_field`` make the index a read-only *view* of one vector field of a
+    collection written by someone else (the service's item store keeps an image and a text code
+    per item): searches, counts and lookups see only rows whose BOOL ``present_field`` is true,
+    and writes raise. A collection that does not exist yet is looked for again at each call.
     """
 
     def __init__(
@@ -103,6 +108,8 @@ class MilvusIndex:
         search_batch: int = 1_000,
         timeout: float = 60.0,
         info: dict[str, Any] | None = None,
+        code_field: str = "code",
+        present_field: str | None = None,
     ):
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
@@ -115,6 +122,10 @@ class MilvusIndex:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(collection, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", collection):
             raise ValueError(f"collection: Milvus names are letters, digits and underscores, not starting with a digit; got {collection!r}")
+        for name, value in (("code_field", code_field), ("present_field", present_field or "x")):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", value):
+                raise ValueError(f"{name}: Milvus field names are letters, digits and underscores, got {value!r}")
+        self.code_field, self.present_field = code_field, present_field
         self.uri = str(uri)
         self.collection = collection
         self.lite = is_lite_uri(self.uri)
@@ -143,7 +154,7 @@ class MilvusIndex:
         try:
             if self._call("has_collection", self._client.has_collection, self.collection):
                 self._open_existing(nbits, id_type)
-            else:
+            elif present_field is None:
                 if self._nbits is None:
                     raise ValueError(f"collection {self.collection!r} does not exist at {self._where()}: give nbits to create it")
                 if id_type is not None:
@@ -226,12 +237,14 @@ class MilvusIndex:
         DataType = _pymilvus().DataType
         desc = self._call("describe_collection", self._client.describe_collection, self.collection)
         fields = {f["name"]: f for f in desc["fields"]}
-        pk, code = fields.get("id"), fields.get("code")
+        pk, code = fields.get("id"), fields.get(self.code_field)
         if pk is None or code is None or code["type"] != DataType.BINARY_VECTOR or not pk.get("is_primary"):
             raise ValueError(
                 f"collection {self.collection!r} at {self._where()} is not a cmhash code collection "
-                f"(needs a primary key 'id' and a BINARY_VECTOR 'code'; has {sorted(fields)})"
+                f"(needs a primary key 'id' and a BINARY_VECTOR {self.code_field!r}; has {sorted(fields)})"
             )
+        if self.present_field is not None and self.present_field not in fields:
+            raise ValueError(f"collection {self.collection!r} has no field {self.present_field!r}")
         described = _described(desc.get("description", ""))
         found_bits = int(described.get("nbits") or code["params"]["dim"])
         if described.get("info") and not self.info:
@@ -243,7 +256,7 @@ class MilvusIndex:
             raise ValueError(f"collection {self.collection!r} has {found_id} ids, not {id_type}")
         self._nbits, self._id_type = found_bits, found_id
         self._with_payloads = "payload" in fields and "has_payload" in fields
-        idx = self._call("describe_index", self._client.describe_index, self.collection, "code") or {}
+        idx = self._call("describe_index", self._client.describe_index, self.collection, self.code_field) or {}
         if idx.get("metric_type") not in (None, "HAMMING"):
             raise ValueError(f"collection {self.collection!r} indexes codes with {idx.get('metric_type')}, not HAMMING")
         if idx.get("index_type"):
@@ -288,10 +301,30 @@ class MilvusIndex:
         """'int' or 'str' (None until the first add creates the collection)."""
         return self._id_type
 
+    def _ready(self) -> bool:
+        """Whether the collection exists (it may have been created since, by another client)."""
+        if self._id_type is None and self._call("has_collection", self._live().has_collection, self.collection):
+            self._open_existing(self._nbits, None)
+        return self._id_type is not None
+
+    def _filter(self, expr: str = "") -> str:
+        """``expr`` restricted to the items present in this index (a view's ``present_field``)."""
+        if self.present_field is None:
+            return expr
+        present = f"{self.present_field} == true"
+        return f"({expr}) and {present}" if expr else present
+
+    def _refuse_view_writes(self) -> None:
+        if self.present_field is not None:
+            raise ValueError(
+                f"this index is a view of the {self.code_field!r} codes of collection {self.collection!r}: "
+                "write its items through the item store (cmhash.serve.milvus_store.MilvusItemStore)"
+            )
+
     def __len__(self) -> int:
-        if self._id_type is None:
+        if not self._ready():
             return 0
-        rows = self._call("count", self._live().query, self.collection, filter="", output_fields=["count(*)"])
+        rows = self._call("count", self._live().query, self.collection, filter=self._filter(), output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
     def __repr__(self) -> str:
@@ -340,12 +373,13 @@ class MilvusIndex:
         """Append items; an id already in the collection is a ValueError naming it.
 
         Everything is checked before the first insert; inserts go in batches of ``insert_batch``."""
+        self._refuse_view_writes()
         packed = self._check_codes(codes, "codes")
         arr = self._ids_for_write(ids, len(packed))
         rows_payloads = self._check_payloads(payloads, len(packed))
         if len(packed) == 0:
             return
-        if self._id_type is None:
+        if not self._ready():
             self._create("str" if arr.dtype.kind == "U" else "int")
         elif len(self):
             present = self._present(arr)
@@ -355,12 +389,13 @@ class MilvusIndex:
 
     def upsert(self, codes: CodesLike, ids: Any, payloads: Sequence[Payload | None] | None = None) -> None:
         """Replace the items whose ids are present, insert the others (Milvus upsert)."""
+        self._refuse_view_writes()
         packed = self._check_codes(codes, "codes")
         arr = self._ids_for_write(ids, len(packed))
         rows_payloads = self._check_payloads(payloads, len(packed))
         if len(packed) == 0:
             return
-        if self._id_type is None:
+        if not self._ready():
             self._create("str" if arr.dtype.kind == "U" else "int")
         self._write("upsert", packed, arr, rows_payloads)
 
@@ -389,9 +424,11 @@ class MilvusIndex:
         """Delete the items with these ids (unknown ids are ignored); returns how many were removed."""
         arr = as_id_array(ids)
         self._check_id_kind(arr)
-        if self._id_type is None or arr.size == 0:
+        if arr.size == 0 or not self._ready():
             return 0
         present = self._present(np.unique(arr))
+        if present:
+            self._refuse_view_writes()
         for start in range(0, len(present), self.insert_batch):
             chunk = present[start : start + self.insert_batch]
             self._call("delete", self._live().delete, self.collection, filter=self._id_filter(chunk))
@@ -414,7 +451,7 @@ class MilvusIndex:
         id_list = ids.tolist()
         for start in range(0, len(id_list), self.insert_batch):
             chunk = id_list[start : start + self.insert_batch]
-            rows = self._call("query", self._live().query, self.collection, filter=self._id_filter(chunk), output_fields=["id"])
+            rows = self._call("query", self._live().query, self.collection, filter=self._filter(self._id_filter(chunk)), output_fields=["id"])
             found += [r["id"] for r in rows]
         return found
 
@@ -422,13 +459,13 @@ class MilvusIndex:
         arr = as_id_array(ids)
         self._check_id_kind(arr)
         asked = arr.tolist()
-        if self._id_type is None or not asked:
+        if not asked or not self._ready():
             return asked, {}
         rows: dict[Any, dict] = {}
         uniq = list(dict.fromkeys(asked))
         for start in range(0, len(uniq), self.insert_batch):
             chunk = uniq[start : start + self.insert_batch]
-            got = self._call("query", self._live().query, self.collection, filter=self._id_filter(chunk), output_fields=["id", *fields])
+            got = self._call("query", self._live().query, self.collection, filter=self._filter(self._id_filter(chunk)), output_fields=["id", *fields])
             rows.update((r["id"], r) for r in got)
         return asked, rows
 
@@ -439,7 +476,7 @@ class MilvusIndex:
 
     def get(self, ids: Any) -> list[dict[str, Any] | None]:
         """Per id: ``{"id": id, "code": packed uint8 row, "payload": dict | None}``, None if absent."""
-        fields = ["code", "payload", "has_payload"] if self._with_payloads else ["code"]
+        fields = [self.code_field, *(["payload", "has_payload"] if self._with_payloads else [])]
         asked, rows = self._fetch(ids, fields)
         out: list[dict[str, Any] | None] = []
         for i in asked:
@@ -447,7 +484,7 @@ class MilvusIndex:
             if row is None:
                 out.append(None)
                 continue
-            code = row["code"][0] if isinstance(row["code"], list) else row["code"]
+            code = row[self.code_field][0] if isinstance(row[self.code_field], list) else row[self.code_field]
             out.append({"id": i, "code": np.frombuffer(code, dtype=np.uint8).copy(), "payload": self._payload_of(row)})
         return out
 
@@ -477,7 +514,7 @@ class MilvusIndex:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         queries = self._check_codes(query_codes, "query codes").data
-        if self._id_type is None or len(queries) == 0:
+        if not self._ready() or len(queries) == 0:
             return self._empty(len(queries), 0 if self._id_type is None else min(int(k), len(self)))
         limit = int(k)
         if limit > MAX_TOPK:
@@ -503,7 +540,8 @@ class MilvusIndex:
             data = [q.tobytes() for q in queries[start : start + self.search_batch]]
             res = self._call(
                 "search", self._live().search, self.collection,
-                data=data, anns_field="code", limit=limit, search_params=params,
+                data=data, anns_field=self.code_field, limit=limit, search_params=params,
+                **({"filter": self._filter()} if self.present_field else {}),
             )
             for hits in res:
                 out.append((list(hits.ids), np.rint(np.asarray(hits.distances, dtype=np.float64)).astype(np.uint16)))
@@ -516,8 +554,9 @@ class MilvusIndex:
             raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
         queries = self._check_codes(query_codes, "query codes").data
         radius = int(radius)
+        ready = self._ready()
         dtype = str if self._id_type == "str" else np.int64
-        if self._id_type is None:
+        if not ready:
             return [(np.empty(0, dtype=dtype), np.empty(0, dtype=np.uint16)) for _ in range(len(queries))]
         # Milvus keeps range_filter <= d < radius for HAMMING: d <= r is radius = r + 1.
         rows = self._search_rows(queries, MAX_TOPK, self._search_params(radius=radius + 1))
