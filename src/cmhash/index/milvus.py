@@ -42,8 +42,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from cmhash.codes import CodesLike, PackedCodes, as_packed
-from cmhash.index.base import Payload, as_id_array, check_payloads
+from cmhash.codes import CodesLike, PackedCodes
+from cmhash.index.base import Payload, as_id_array, check_codes, check_payloads
 
 INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
 ID_TYPES = ("int", "str")
@@ -332,17 +332,7 @@ class MilvusIndex:
 
     # ---------------------------------------------------------------- checks
     def _check_codes(self, codes: CodesLike, name: str) -> PackedCodes:
-        if not isinstance(codes, PackedCodes):
-            arr = np.asarray(codes)
-            if arr.ndim == 1:
-                raise ValueError(
-                    f"{name}: expected a 2-D array (items x {self._nbits} bits), got a 1-D array of "
-                    f"length {arr.shape[0]}; pass one code as a row, e.g. codes[None, :]"
-                )
-            codes = as_packed(arr, name=name)
-        if codes.nbits != self._nbits:
-            raise ValueError(f"{name} have {codes.nbits} bits but the index holds {self._nbits}-bit codes")
-        return codes
+        return check_codes(codes, self.nbits, name)
 
     def _ids_for_write(self, ids: Any, m: int) -> np.ndarray:
         if ids is None:
@@ -373,31 +363,32 @@ class MilvusIndex:
         """Append items; an id already in the collection is a ValueError naming it.
 
         Everything is checked before the first insert; inserts go in batches of ``insert_batch``."""
-        self._refuse_view_writes()
-        packed = self._check_codes(codes, "codes")
-        arr = self._ids_for_write(ids, len(packed))
-        rows_payloads = self._check_payloads(payloads, len(packed))
-        if len(packed) == 0:
+        checked = self._checked_write(codes, ids, payloads)
+        if checked is None:
             return
-        if not self._ready():
-            self._create("str" if arr.dtype.kind == "U" else "int")
-        elif len(self):
-            present = self._present(arr)
+        if len(self):
+            present = self._present(checked[1])
             if present:
                 raise ValueError(f"ids already in the index: {present[:5]}")
-        self._write("insert", packed, arr, rows_payloads)
+        self._write("insert", *checked)
 
     def upsert(self, codes: CodesLike, ids: Any, payloads: Sequence[Payload | None] | None = None) -> None:
         """Replace the items whose ids are present, insert the others (Milvus upsert)."""
+        checked = self._checked_write(codes, ids, payloads)
+        if checked is not None:
+            self._write("upsert", *checked)
+
+    def _checked_write(self, codes: CodesLike, ids: Any, payloads: Any) -> tuple[PackedCodes, np.ndarray, list | None] | None:
+        """The checked (codes, ids, payloads) of a write, the collection created if needed; None if empty."""
         self._refuse_view_writes()
         packed = self._check_codes(codes, "codes")
         arr = self._ids_for_write(ids, len(packed))
         rows_payloads = self._check_payloads(payloads, len(packed))
         if len(packed) == 0:
-            return
+            return None
         if not self._ready():
             self._create("str" if arr.dtype.kind == "U" else "int")
-        self._write("upsert", packed, arr, rows_payloads)
+        return packed, arr, rows_payloads
 
     def _check_payloads(self, payloads: Any, m: int) -> list[Payload | None] | None:
         checked = check_payloads(payloads, m)
