@@ -48,3 +48,51 @@ def test_foreign_npz_and_missing_file(tmp_path):
 def test_object_arrays_are_refused(tmp_path):
     with pytest.raises(ValueError, match="'o'.*object"):
         save_arrays(tmp_path / "x.npz", {"o": np.array([{}, 1], dtype=object)}, {})
+
+
+def test_temp_files_of_a_killed_save_are_removed_by_the_next_save_or_load(tmp_path):
+    """A save killed mid-write (SIGKILL: no cleanup runs) leaves its temp file; the next save or
+    load of that path removes it. Temp files of live writers are kept."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.npz"
+    code = (
+        "import os, signal, sys\n"
+        "from cmhash.io import atomic_write\n"
+        "with atomic_write(sys.argv[1]) as fh:\n"
+        "    fh.write(b'x' * 100000); fh.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    temps = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))  # noqa: E731
+    seen = []
+    for _ in range(3):  # each killed save's start removes the one before: never more than one left
+        out = subprocess.run([sys.executable, "-c", code, str(path)], timeout=120)
+        assert out.returncode == -9
+        assert len(temps()) == 1 and temps()[0] not in seen and not path.exists()
+        seen += temps()
+    # a live writer's temp file (this process's pid) must survive
+    live = tmp_path / f".big.npz.{os.getpid()}.abcd.tmp"
+    live.write_bytes(b"in progress")
+    save_arrays(path, {"a": np.arange(3)}, {})
+    assert temps() == [live.name]
+    # and a load cleans too; an old pid-less temp is removed only once old
+    (tmp_path / ".big.npz.q1w2e3.tmp").write_bytes(b"old")
+    old = tmp_path / ".big.npz.z9y8x7.tmp"
+    old.write_bytes(b"old")
+    os.utime(old, (0, 0))
+    load_arrays(path)
+    assert temps() == sorted([live.name, ".big.npz.q1w2e3.tmp"])
+
+
+def test_arrays_checksum_is_that_of_the_stored_record():
+    """int keys and tuples come back from JSON as strings and lists: same checksum either way."""
+    from cmhash.io import arrays_checksum
+
+    arrays = {"w": np.arange(4.0)}
+    meta = {"per_class": {2: 1, 10: 3}, "shape": (3, 4)}
+    stored = json.loads(json.dumps(meta))
+    assert arrays_checksum(arrays, meta) == arrays_checksum(arrays, stored)
+    assert arrays_checksum(arrays, meta) != arrays_checksum({"w": np.arange(4.0) + 1}, meta)
+    assert arrays_checksum(arrays, meta) != arrays_checksum({"v": np.arange(4.0)}, meta)

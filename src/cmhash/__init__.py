@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 __version__ = "0.1.0"
@@ -30,10 +31,14 @@ _LAZY = {
     "HammingIndex": "cmhash.index",
 }
 
+
 __all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    # subpackages, also imported on first use: `import cmhash; cmhash.metrics.ranking_report(...)`
+    if not name.startswith("_") and importlib.util.find_spec(f"cmhash.{name}") is not None:
+        return importlib.import_module(f"cmhash.{name}")
     raise AttributeError(f"module 'cmhash' has no attribute '{name}'")

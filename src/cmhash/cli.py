@@ -17,6 +17,26 @@ app = typer.Typer(
 )
 console = Console()
 
+from cmhash.cli_data import data_app  # noqa: E402 (`cmhash data inspect|import`)
+
+app.add_typer(data_app, name="data")
+
+
+def _version_option(value: bool) -> None:
+    if value:
+        from cmhash import __version__
+
+        console.print(f"cmhash {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version_option,
+                                 help="print the cmhash version and exit"),
+) -> None:
+    """Cross-modal hashing: train paper methods, evaluate them exactly, search by Hamming distance."""
+
 
 def fail(message: str) -> None:
     """Print a clear error and exit with status 2 (no traceback for user mistakes)."""
@@ -36,6 +56,9 @@ def demo(
     from cmhash.evaluation import evaluate
     from cmhash.methods.registry import get_method
 
+    _check_run_arguments(seed=seed)
+    for b in _parse_ints(bits, "bits"):
+        _check_run_arguments(bits=b)
     data = make_synthetic(n, seed=seed)
     console.print(f"data: {data}")
     table = Table(title=f"{method} on synthetic data (mAP@all, stable tie order)")
@@ -78,17 +101,12 @@ def datasets_cmd() -> None:
     """List the known benchmarks and protocols, where data is looked for, and what was found."""
     from cmhash.data.protocols import PROTOCOLS, data_roots, describe
 
-    console.print("looking in: " + ", ".join(str(r) for r in data_roots())
-                  + "  (set CMHASH_DATA to choose the folder)")
-    table = Table(title="benchmarks (cmhash.load_dataset(name, protocol=..., seed=...))")
-    for col in ("name", "classes", "query size by protocol", "default", "files looked for", "found"):
-        table.add_column(col)
+    for root in data_roots():
+        console.print(f"looking in: {root}", soft_wrap=True, highlight=False)
+    console.print("(set CMHASH_DATA to choose the data folder)")
+    console.print("benchmarks: cmhash.load_dataset(name, protocol=..., seed=...); * = default protocol\n")
     for row in describe():
-        sizes = ", ".join(f"{p}: {q}" for p, q in row["protocols"].items() if q)
-        found = "\n".join(row["found"]) if row["found"] else "[yellow]not found[/]"
-        table.add_row(row["name"], row["classes"], sizes, row["default_protocol"],
-                      "\n".join(row["files"]), found)
-    console.print(table)
+        _print_benchmark(row)
     protocols = Table(title="protocols")
     protocols.add_column("name")
     protocols.add_column("definition")
@@ -96,6 +114,30 @@ def datasets_cmd() -> None:
         protocols.add_row(name, text)
     console.print(protocols)
 
+
+
+def _print_benchmark(row: dict) -> None:
+    """One benchmark as a few short lines (readable at 80 columns: no file name is cut)."""
+    status = "[green]found[/]" if row["found"] else "[yellow]not found[/]"
+    console.print(f"[bold]{row['name']}[/]  {row['classes']}  {status}", soft_wrap=True)
+    sizes = [f"{p}{'*' if p == row['default_protocol'] else ''}" + (f" {q} queries" if q else "")
+             for p, q in row["protocols"].items()]
+    if row["default_protocol"] not in row["protocols"]:
+        sizes.insert(0, f"{row['default_protocol']}*")
+    console.print("  protocols: " + ", ".join(sizes))
+    if row["found"]:
+        for path in row["found"]:
+            console.print(f"  file: {path}", soft_wrap=True, highlight=False)
+        return
+    console.print(f"  looked for (in {row['name']}/ or directly), first complete set wins:")
+    width = max(console.width, 40)
+    for candidate in row["files"]:
+        line = f"    {candidate}"
+        if len(line) <= width:
+            console.print(line, highlight=False)
+        else:  # one file of the set per line
+            for k, name in enumerate(candidate.split(" + ")):
+                console.print(("    " if k == 0 else "      + ") + name, highlight=False)
 
 
 # ---------------------------------------------------- training and evaluation (train / eval)
@@ -188,12 +230,16 @@ def train(
     preset: str = typer.Option("auto", help="hyper-parameter preset; auto: the one named like the dataset, if any; none: defaults"),
     param: list[str] = typer.Option([], "--param", help="hyper-parameter override key=value (repeatable)"),
     scenario: list[str] = typer.Option([], "--scenario", help="training scenario name[:key=value,...], e.g. partial_pairing:unpaired=0.5 (repeatable)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log each epoch / iteration as a plain line (a terminal also gets a progress bar)"),
 ) -> None:
     """Train METHOD on a dataset, evaluate mAP@all in both directions, and save everything to OUT."""
     from pathlib import Path
 
     from cmhash.io import write_json
     from cmhash.methods.registry import get_method_class
+
+    _check_run_arguments(bits=bits, seed=seed, split_seed=split_seed)
+    _check_writable(out, "--out")
 
     spec = {"dataset": dataset, "protocol": protocol, "split_seed": split_seed,
             "scenarios": [_parse_scenario(s) for s in scenario]}
@@ -206,8 +252,15 @@ def train(
     except (ValueError, KeyError, FileNotFoundError) as exc:
         fail(str(exc))
     console.print(f"data: {data}" + (f"\npreset: {chosen}" if chosen else ""))
+    progress = _train_progress(verbose)
     start = time.perf_counter()
-    model = model_method.fit(data.train, bits, seed=seed)
+    try:
+        model = model_method.fit(data.train, bits, seed=seed, progress=progress)
+    except (ValueError, MemoryError) as exc:
+        fail(str(exc) or f"out of memory training {method} at {bits} bits")
+    finally:
+        if progress is not None:
+            progress.close()
     train_s = time.perf_counter() - start
     try:
         codes, metrics, timing = _codes_and_metrics(model, data)
@@ -230,6 +283,46 @@ def train(
     })
     console.print(_metrics_table(f"{method}, {bits} bits, seed {seed}", metrics))
     console.print(f"saved to {folder}/: " + ", ".join(TRAIN_FILES.values()))
+
+
+def _check_run_arguments(**values: int) -> None:
+    """One-line errors for values numpy or a method would reject with a traceback."""
+    if "bits" in values and values["bits"] < 1:
+        fail(f"--bits must be a positive integer, got {values['bits']}")
+    for name in ("seed", "split_seed"):
+        if name in values and values[name] < 0:
+            fail(f"--{name.replace('_', '-')} must be >= 0 (numpy seeds are non-negative), got {values[name]}")
+
+
+def _check_writable(folder: str, option: str) -> None:
+    """Fail now, not after training, when ``folder`` cannot be created or written."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        fail(f"{option} {folder}: cannot write there ({exc.strerror or exc})")
+    if not os.access(path, os.W_OK):  # pragma: no cover - TemporaryFile already failed then
+        fail(f"{option} {folder}: cannot write there")
+
+
+def _check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        fail(f"--port must be in 0..65535 (0: any free port), got {port}")
+
+
+def _train_progress(verbose: bool):
+    """A progress bar plus per-epoch lines in a terminal; plain log lines with --verbose elsewhere."""
+    from cmhash.progress import ConsoleProgress, LogProgress
+
+    if console.is_terminal:
+        return ConsoleProgress()
+    return LogProgress() if verbose else None
 
 
 def _choose_preset(cls, preset: str, data) -> Optional[str]:
@@ -365,7 +458,7 @@ app.add_typer(index_app, name="index")
 @index_app.command("build")
 def index_build(
     model: str = typer.Argument(..., help="saved model file, or a folder holding model.npz"),
-    dataset: str = typer.Option(..., help="benchmark name or data file(s), as cmhash.load_dataset takes"),
+    dataset: str = typer.Option(..., help="benchmark name, data file or spec (as cmhash.load_dataset takes), or synthetic[:N]"),
     out: Optional[str] = typer.Option(None, help="index file to write (.npz; the hamming backend)"),
     modality: str = typer.Option("image", help="modality of the database codes (image or text)"),
     protocol: Optional[str] = typer.Option(None, help="split protocol (default: the benchmark's)"),
@@ -383,7 +476,6 @@ def index_build(
         fail("--out is required with --backend hamming (the index file to write)")
     if backend == "milvus" and not (uri and collection):
         fail("--backend milvus needs --uri (a .db file or http://host:19530) and --collection")
-    from cmhash.data.protocols import load_dataset
     from cmhash.evaluation import database_codes
     from cmhash.index import HammingIndex
     from cmhash.methods.base import HashModel
@@ -392,7 +484,7 @@ def index_build(
     try:
         model_path = resolve_model_path(model)
         hash_model = HashModel.load(model_path)
-        data = load_dataset(dataset, protocol=protocol, seed=seed)
+        data = _load_data({"dataset": dataset, "protocol": protocol, "split_seed": seed, "scenarios": []})
         database = data.database
         codes = database_codes(hash_model, database, modality)
     except (ValueError, FileNotFoundError) as exc:
@@ -444,6 +536,8 @@ def serve_cmd(
 ) -> None:
     """Serve /health, /info, /encode and /search over HTTP until interrupted."""
     from cmhash.serve import load_service, make_server
+
+    _check_port(port)
 
     try:
         server = make_server(load_service(model, index), host, port)

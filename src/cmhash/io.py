@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,17 +15,22 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 META_KEY = "__meta__"
+STALE_TEMP_AGE_S = 3600.0  # a temp file without a writer pid is stale after an hour
 
 
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success fsync it and rename it over ``path``.
 
-    On any error the temp file is removed and an existing ``path`` is left untouched.
+    On any error the temp file is removed and an existing ``path`` is left untouched. A writer
+    killed outright (SIGKILL, power loss) cannot clean up: its temp file carries its pid
+    (``.NAME.PID.XXXX.tmp``) and the next save or load of ``path`` removes it once that process is
+    gone (:func:`remove_stale_temps`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -44,6 +51,60 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove temp files that killed saves of ``path`` left behind; return what was removed.
+
+    A temp file named with a writer pid is stale when no process has that pid (a live pid, this
+    process's included, may still be writing: kept). Temp files of older cmhash versions carry no
+    pid and are removed once older than :data:`STALE_TEMP_AGE_S`.
+    """
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = []
+    try:
+        candidates = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for tmp in candidates:
+        writer = tmp.name[len(prefix):].split(".", 1)[0]
+        try:
+            if writer.isdigit():
+                if int(writer) == os.getpid() or _process_alive(int(writer)):
+                    continue
+            elif time.time() - tmp.stat().st_mtime < STALE_TEMP_AGE_S:
+                continue
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:  # gone already, or not ours to remove
+            continue
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def arrays_checksum(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> str:
+    """sha256 over named arrays (name, dtype, shape, bytes; in name order) and a JSON record."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}\x1f{a.dtype.str}\x1f{a.shape}\x1f".encode())
+        h.update(a.tobytes())
+    if meta is not None:  # as the file stores it: JSON turns int keys into strings, tuples into lists
+        stored = json.loads(json.dumps(meta, default=_json_default))
+        h.update(json.dumps(stored, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -80,6 +141,7 @@ def save_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta:
 def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read what :func:`save_arrays` wrote; a corrupt or truncated file gives a clear error."""
     path = Path(path)
+    remove_stale_temps(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:

@@ -66,14 +66,39 @@ class ConsoleProgress(Progress):
             self._bar.advance(self._task, steps)
 
     def log(self, message: str = "", **metrics: Any) -> None:
-        parts = [message] if message else []
-        parts += [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()]
-        self.console.print(" ".join(parts))
+        self.console.print(format_log(message, metrics))
 
     def close(self) -> None:
         if self._task is not None:
             self._bar.stop()
             self._task = None
+
+
+class LogProgress(Progress):
+    """Plain timestamped lines (for logs and pipes, where a progress bar would be noise)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        import sys
+
+        self.stream = stream if stream is not None else sys.stderr
+
+    def _line(self, text: str) -> None:
+        import time
+
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+
+    def start(self, total: int | None, description: str = "") -> None:
+        self._line(f"{description}: {total if total is not None else '?'} steps")
+
+    def log(self, message: str = "", **metrics: Any) -> None:
+        self._line(format_log(message, metrics))
+
+
+def format_log(message: str, metrics: dict[str, Any]) -> str:
+    """``message k=v k=v`` with floats to 4 significant digits."""
+    parts = [message] if message else []
+    parts += [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()]
+    return " ".join(parts)
 
 
 def ensure_progress(progress: Progress | None) -> Progress:

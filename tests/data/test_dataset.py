@@ -130,8 +130,8 @@ def test_subset_order_mask_and_errors():
     np.testing.assert_array_equal(ds.subset(mask).ids, [100, 102])
     with pytest.raises(ValueError, match=r"boolean mask must have shape \(6,\)"):
         ds.subset(mask[:4])
-    with pytest.raises(ValueError, match="indices out of range for 6 items"):
-        ds.subset([0, 6])
+    with pytest.raises(ValueError, match=r"must lie in 0\.\.5 for 6 items"):
+        ds.subset([0, 7])
     with pytest.raises(ValueError, match="1-D integer array"):
         ds.subset([0.5, 1.0])
     with pytest.raises(ValueError, match="'image' has no rows"):
@@ -179,3 +179,51 @@ def test_one_hot():
         one_hot([1], 0)
     with pytest.raises(ValueError, match="class count is unknown"):
         one_hot([])
+
+
+def test_subset_refuses_negative_indices_and_catches_detectable_one_based():
+    ds = _make(ids=np.arange(100, 106))
+    with pytest.raises(ValueError, match="negative indices"):
+        ds.subset([0, -1])
+    # MATLAB's item numbers 1..6 for 6 items: the 6 gives them away
+    with pytest.raises(ValueError, match="1-based item numbers\\? pass base=1"):
+        ds.subset([1, 6])
+    np.testing.assert_array_equal(ds.subset([1, 6], base=1).ids, [100, 105])
+    with pytest.raises(ValueError, match=r"must be >= 1 \(1-based\), found 0"):
+        ds.subset([0, 1], base=1)
+    # not detectable: 1-based numbers that stay below n are valid 0-based rows (a shifted subset);
+    # this pins down that limit rather than pretending to catch it
+    np.testing.assert_array_equal(ds.subset([1, 5]).ids, [101, 105])
+
+
+def test_sparse_labels_are_densified_and_class_indices_get_the_one_hot_hint():
+    import scipy.sparse
+
+    arrays = _arrays()
+    for sparse in (scipy.sparse.csc_matrix(arrays["labels"]), scipy.sparse.csr_array(arrays["labels"].astype(bool))):
+        ds = CrossModalDataset(**{**arrays, "labels": sparse})
+        np.testing.assert_array_equal(ds.labels, arrays["labels"])
+    ds = CrossModalDataset(**{**arrays, "text": scipy.sparse.csr_matrix(arrays["text"])})
+    np.testing.assert_array_equal(ds.text, arrays["text"])
+    classes = np.array([1, 2, 3, 1, 2, 3])
+    for labels in (classes, classes[:, None], classes[:, None].astype(float)):
+        with pytest.raises(ValueError, match=r"class indices.*one_hot\(labels, base=1\)"):
+            CrossModalDataset(**{**arrays, "labels": labels})
+    with pytest.raises(ValueError) as info:  # a multi-column matrix of other values: no class hint
+        CrossModalDataset(**{**arrays, "labels": np.full((6, 2), 3)})
+    assert "one_hot" not in str(info.value)
+
+
+def test_import_cmhash_gives_submodules_lazily_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, cmhash; assert 'torch' not in sys.modules; assert 'cmhash.metrics' not in sys.modules; "
+            "r = cmhash.metrics.ranking_report; import cmhash.metrics.ranking as m; assert r is m.ranking_report; "
+            "assert 'torch' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    import cmhash
+
+    with pytest.raises(AttributeError):
+        cmhash.no_such_thing

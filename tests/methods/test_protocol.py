@@ -110,3 +110,50 @@ def test_load_rejects_other_files(tmp_path):
     save_arrays(tmp_path / "x.npz", {}, {"format": "something-else"})
     with pytest.raises(ValueError, match="not a cmhash model"):
         HashModel.load(tmp_path / "x.npz")
+
+
+def test_bits_no_method_can_learn_are_refused_before_any_work(data, monkeypatch):
+    """bits > training items (or > 65,535) is refused up front: CCA-ITQ at 10**6 bits once tried
+    to allocate a 7.28 TiB rotation. The check sits in the shared fit(), before _fit runs."""
+    method = get_method("cca-itq")
+    called = []
+    import types
+
+    monkeypatch.setattr(type(method), "_fit", lambda self, *a, **k: called.append(1) or types.SimpleNamespace(record={}))
+    n = len(data.train)
+    for bits in (10**6, n + 1):
+        with pytest.raises(ValueError, match=rf"cca-itq: {bits} bits cannot be learned from {n} training items \(at most {n}"):
+            method.fit(data.train, bits)
+    for bits in (0, -3, True):
+        with pytest.raises(ValueError, match="bits must be a positive integer"):
+            method.fit(data.train, bits)
+    assert called == []
+    method.fit(data.train, n)  # the bound itself is allowed
+    assert called == [1]
+
+
+def test_model_files_are_checksummed(data, tmp_path):
+    """An edited weight (or setting) fails to load with a clear error; files saved before model
+    checksums existed (no checksum in the record) still load."""
+    from cmhash.io import load_arrays, save_arrays
+
+    model = get_method("cca-itq").fit(data.train, 16, seed=0)
+    path = model.save(tmp_path / "model.npz")
+    arrays, meta = load_arrays(path)
+    assert meta["checksum"].startswith("sha256:")
+    key = next(k for k in arrays if arrays[k].dtype.kind == "f")
+    edited = dict(arrays)
+    edited[key] = arrays[key].copy()
+    edited[key].flat[0] += 1e-3
+    save_arrays(tmp_path / "edited.npz", edited, meta)
+    with pytest.raises(ValueError, match="edited.npz: checksum mismatch: the model's weights or settings changed"):
+        HashModel.load(tmp_path / "edited.npz")
+    settings = dict(meta, bits=17)
+    save_arrays(tmp_path / "settings.npz", arrays, settings)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        HashModel.load(tmp_path / "settings.npz")
+    old = {k: v for k, v in meta.items() if k != "checksum"}
+    save_arrays(tmp_path / "old.npz", arrays, old)
+    loaded = HashModel.load(tmp_path / "old.npz")
+    np.testing.assert_array_equal(loaded.encode("image", data.query.image).data,
+                                  model.encode("image", data.query.image).data)

@@ -169,6 +169,11 @@ def test_ranking_report_equals_the_single_metrics(backend):
                                   pr_curve(q, db, ql, dl, [0, 0.5, 1], backend=backend).precision)
     only = ranking_report(q, db, ql, dl, parts=("pr",), backend=backend)
     assert only.map is None and only.at_n is None and only.pr is not None
+    # as_dict (documented in docs/evaluation.md): each part's own as_dict, JSON-ready with write_json
+    full = rep.as_dict()
+    assert set(full) == {"map", "at_n", "pr"}
+    assert full["map"] == rep.map.as_dict() and full["pr"] == rep.pr.as_dict()
+    assert only.as_dict()["map"] is None and only.as_dict()["at_n"] is None
     with pytest.raises(ValueError, match="parts"):
         ranking_report(q, db, ql, dl, parts=("mAP",))
 

@@ -16,9 +16,14 @@ SPLIT_NAMES = ("train", "query", "database")
 MODALITIES = ("image", "text")
 
 
+def _densified(x: Any) -> Any:
+    """scipy.sparse matrices / arrays as dense numpy arrays (np.asarray would make a 0-d object)."""
+    return x.toarray() if hasattr(x, "toarray") and hasattr(x, "tocsr") else x
+
+
 def _as_features(name: str, x: Any, *, where: str) -> np.ndarray:
     try:
-        arr = np.asarray(x)
+        arr = np.asarray(_densified(x))
     except Exception as exc:  # pragma: no cover - numpy gives clear messages itself
         raise ValueError(f"{where}: '{name}' cannot be read as an array: {exc}") from exc
     if arr.ndim != 2:
@@ -39,12 +44,20 @@ def _as_features(name: str, x: Any, *, where: str) -> np.ndarray:
     return arr
 
 
+ONE_HOT_HINT = (
+    "class indices (one number per item) are converted with cmhash.data.one_hot(labels, base=1) "
+    "for classes numbered from 1 (MATLAB), base=0 for classes numbered from 0"
+)
+
+
 def _as_labels(x: Any, *, where: str, allow_empty: bool) -> np.ndarray:
-    arr = np.asarray(x)
+    arr = np.asarray(_densified(x))
+    if arr.dtype == object:
+        raise ValueError(f"{where}: 'labels' must be a numeric multi-hot matrix, got {type(x).__name__} of objects")
     if arr.ndim != 2:
         raise ValueError(
-            f"{where}: 'labels' must be 2-D multi-hot (items x classes), got shape {arr.shape}; "
-            "convert class indices with cmhash.data.one_hot"
+            f"{where}: 'labels' must be 2-D multi-hot (items x classes), got shape {arr.shape}"
+            + (f"; a vector looks like class indices: {ONE_HOT_HINT}" if arr.ndim == 1 else "")
         )
     if arr.shape[1] == 0:
         raise ValueError(f"{where}: 'labels' has no class columns")
@@ -53,15 +66,10 @@ def _as_labels(x: Any, *, where: str, allow_empty: bool) -> np.ndarray:
             raise ValueError(f"{where}: 'labels' contains NaN or inf")
         values = np.unique(arr)
         if not np.isin(values, (0, 1)).all():
-            raise ValueError(
-                f"{where}: 'labels' must be multi-hot with values in {{0, 1}}, found {values[:10]}"
-            )
+            raise ValueError(_not_multi_hot(arr, values, where))
         arr = arr.astype(np.uint8)
     elif arr.size and arr.max() > 1:
-        values = np.unique(arr)
-        raise ValueError(
-            f"{where}: 'labels' must be multi-hot with values in {{0, 1}}, found {values[:10]}"
-        )
+        raise ValueError(_not_multi_hot(arr, np.unique(arr), where))
     if not allow_empty:
         empty = np.flatnonzero(arr.sum(axis=1) == 0)
         if empty.size:
@@ -70,6 +78,14 @@ def _as_labels(x: Any, *, where: str, allow_empty: bool) -> np.ndarray:
                 "pass allow_empty_labels=True if items without labels are intended"
             )
     return arr
+
+
+def _not_multi_hot(arr: np.ndarray, values: np.ndarray, where: str) -> str:
+    message = f"{where}: 'labels' must be multi-hot with values in {{0, 1}}, found {values[:10]}"
+    whole = np.issubdtype(values.dtype, np.integer) or bool(np.array_equal(values, np.round(values)))
+    if arr.shape[1] == 1 and whole:
+        message += f"; one column of whole numbers looks like class indices: {ONE_HOT_HINT}"
+    return message
 
 
 def one_hot(class_index: np.ndarray, num_classes: int | None = None, *, base: int = 1) -> np.ndarray:
@@ -214,22 +230,43 @@ class CrossModalDataset:
     def database(self) -> "CrossModalDataset":
         return self.split("database")
 
-    def subset(self, indices: np.ndarray, *, name: str | None = None) -> "CrossModalDataset":
-        """Rows ``indices`` (in that order; or a boolean mask) as a new dataset without splits."""
+    def subset(self, indices: np.ndarray, *, name: str | None = None, base: int = 0) -> "CrossModalDataset":
+        """Rows ``indices`` (in that order; or a boolean mask) as a new dataset without splits.
+
+        Indices count from ``base`` (0, or 1 for MATLAB's item numbers). Negative indices are
+        refused (no counting from the end). 1-based numbers passed as 0-based can be detected
+        only when one of them equals n (the item count): that raises with the hint. 1-based
+        numbers that all stay below n cannot be told from 0-based ones that skip item 0; state
+        ``base=1`` for them (a dataset spec demands the base whenever the values leave it open).
+        """
         idx = np.asarray(indices)
         n = len(self)
+        where = f"dataset '{self.name}'"
+        if base not in (0, 1):
+            raise ValueError(f"{where}: base must be 0 or 1, got {base!r}")
         if idx.dtype == np.bool_:
             if idx.shape != (n,):
-                raise ValueError(f"dataset '{self.name}': boolean mask must have shape ({n},), got {idx.shape}")
+                raise ValueError(f"{where}: boolean mask must have shape ({n},), got {idx.shape}")
             idx = np.flatnonzero(idx)
         elif idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
             raise ValueError(
-                f"dataset '{self.name}': indices must be a 1-D integer array, got shape {idx.shape} "
-                f"dtype {idx.dtype}"
+                f"{where}: indices must be a 1-D integer array, got shape {idx.shape} dtype {idx.dtype}"
             )
-        idx = idx.astype(np.int64)
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise ValueError(f"dataset '{self.name}': indices out of range for {n} items")
+        else:
+            idx = idx.astype(np.int64) - base
+        if idx.size and idx.min() < 0:
+            raise ValueError(
+                f"{where}: indices must be >= {base} ({base}-based), found {int(idx.min()) + base}; "
+                "negative indices (counting from the end) are not accepted"
+            )
+        if idx.size and idx.max() >= n:
+            hint = ""
+            if base == 0 and idx.max() == n:
+                hint = f"; the largest index equals the item count {n}: 1-based item numbers? pass base=1"
+            raise ValueError(
+                f"{where}: indices must lie in {base}..{n - 1 + base} for {n} items ({base}-based), "
+                f"found {int(idx.max()) + base}{hint}"
+            )
         return CrossModalDataset(
             image=self.image[idx],
             text=self.text[idx],

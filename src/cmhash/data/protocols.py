@@ -63,6 +63,11 @@ class Benchmark:
     query: dict[str, int] = field(default_factory=dict)
     default_protocol: str = "deep-supervised"
     aliases: tuple[str, ...] = ()
+    # A dataset spec (cmhash.data.spec, every key but "files") that reads the candidate file set
+    # ``spec_files`` when that set is the one found; other candidates (and a benchmark without a
+    # spec) are read by their key layout (cmhash.data.readers).
+    spec: dict[str, Any] | None = None
+    spec_files: tuple[str, ...] = ()
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -72,6 +77,12 @@ BENCHMARKS: dict[str, Benchmark] = {
             "wiki", "Wikipedia (Rasiwasia et al. 2010), 2,866 pairs, SIFT-BoVW 128-d / LDA 10-d",
             (("wikiData.mat",), ("wiki.npz",)),
             "10, single-label", {"dcgh": 693}, default_protocol="dcgh",
+            spec=dict(
+                image=["I_tr", "I_te"], text=["T_tr", "T_te"], labels=["L_tr", "L_te"], parts=["train", "test"],
+                labels_format="class-index", labels_base=1, orientation="items-by-features",
+                split={"query": "test", "database": "train", "train": "train"},
+            ),
+            spec_files=("wikiData.mat",),
         ),
         Benchmark(
             "wiki-roph",
@@ -80,6 +91,13 @@ BENCHMARKS: dict[str, Benchmark] = {
             (("wiki.mat",),),
             "10, single-label", {}, default_protocol="shipped",
             aliases=("wikiroph", "wiki_roph", "roph"),
+            spec=dict(
+                image="data/X1", text="data/X2", labels="data/Y", labels_format="multi-hot",
+                orientation="features-by-items",
+                split={"query": "data/split/ind_test", "database": "data/split/ind_train",
+                       "train": "database", "base": 1},
+            ),
+            spec_files=("wiki.mat",),
         ),
         Benchmark(
             "mirflickr", "MIRFlickr-25K (20,015 cleaned pairs in DCMH/UCCH files)",
@@ -170,6 +188,7 @@ def load_dataset(
     benchmark: str | None = None,
     allow_pickle: bool = False,
     allow_empty_labels: bool = False,
+    **spec: Any,
 ) -> CrossModalDataset:
     """Load a benchmark by name (``"wiki"``, ``"mirflickr"``, ...) or from file path(s) and split it.
 
@@ -180,10 +199,35 @@ def load_dataset(
     ``seed`` drives every random draw. ``allow_pickle`` must be True to read pickles
     (unpickling runs code); ``allow_empty_labels`` accepts items without labels. Returns the whole item pool with ``train``, ``query`` and
     ``database`` splits.
+
+    A dataset spec (:mod:`cmhash.data.spec`, docs/data.md) reads any other file: pass a spec
+    ``.toml`` file, or the file path(s) with the spec's keys as keyword arguments
+    (``image="data/X1", text=..., labels=..., split={...}``). A ``.npz`` written by
+    ``cmhash data import`` loads with its stored split.
     """
-    files, bench = _locate(name_or_path, benchmark)
     if protocol is not None and protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
+    from cmhash.data import spec as specs
+
+    single = name_or_path if isinstance(name_or_path, (str, os.PathLike)) else None
+    if spec or (single is not None and str(single).lower().endswith(".toml")):
+        if spec:
+            spec.setdefault("allow_empty_labels", allow_empty_labels)
+            chosen = specs.DatasetSpec(files=name_or_path, **spec)
+        else:
+            chosen = specs.DatasetSpec.from_toml(name_or_path)
+        return _load_spec(chosen, protocol, seed, benchmark)
+    if single is not None and protocol in (None, "shipped") and specs.is_canonical(single):
+        return specs.load_canonical(single)
+    files, bench = _locate(name_or_path, benchmark)
+    # A benchmark's spec reads its file when the benchmark is named; a file given by path whose
+    # name merely matches (any "wiki.mat") is read by its key layout instead.
+    named = benchmark is not None or (
+        isinstance(name_or_path, str) and resolve_benchmark(name_or_path) is not None and not Path(name_or_path).exists()
+    )
+    if named and bench is not None and bench.spec is not None and tuple(f.name for f in files) == bench.spec_files:
+        chosen = specs.DatasetSpec(files=files, name=bench.name, allow_empty_labels=allow_empty_labels, **bench.spec)
+        return _load_spec(chosen, protocol or bench.default_protocol, seed, bench.name)
     display = bench.name if bench else files[0].stem
     source = read_source(files, allow_pickle=allow_pickle, allow_empty_labels=allow_empty_labels, name=display)
     if protocol is None:
@@ -216,6 +260,21 @@ def load_dataset(
         database=full.subset(database, name=f"{display}/database"),
         train=full.subset(train, name=f"{display}/train"),
     )
+
+
+def _load_spec(spec: Any, protocol: str | None, seed: int, benchmark: str | None) -> CrossModalDataset:
+    """A spec's dataset; a protocol other than ``shipped`` replaces the spec's own split."""
+    from cmhash.data.spec import read_spec
+
+    data, rows = read_spec(spec, protocol=protocol, seed=seed, benchmark=benchmark)
+    if rows is None:
+        raise ValueError(f"{spec.files[0]}: the spec states no split; add a split table or pass protocol=")
+    used = data.info["protocol"]
+    info = {**data.info, "protocol_definition": PROTOCOLS.get(used, "the spec's split"),
+            "split_seed": int(data.info.get("split_seed", seed))}
+    if benchmark is not None:
+        info["benchmark"] = benchmark
+    return data.replace(info=info)
 
 
 def _locate(

@@ -174,7 +174,19 @@ def _metric_lines(entries: list, x_of: Callable[[Any], Any], metric: Callable[[d
     return out
 
 
-def _line_panels(lines_by_dir: dict[str, dict], xlabel: str, ylabel: str, title: str, xlog: bool = False):
+def _missing_points(entries: list, x_of: Callable[[Any], Any], metric: Callable[[dict], float | None]):
+    """label -> {x: (cells without a value, cells)} where some cell has no value."""
+    acc: dict[str, dict[Any, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for e in entries:
+        acc[e.cell.method.label][x_of(e)].append(metric(e.record) is None)
+    return {label: {x: (sum(flags), len(flags)) for x, flags in sorted(by_x.items()) if any(flags)}
+            for label, by_x in acc.items() if any(any(f) for f in by_x.values())}
+
+
+def _line_panels(lines_by_dir: dict[str, dict], xlabel: str, ylabel: str, title: str, xlog: bool = False,
+                 missing: dict[str, dict] | None = None, missing_why: str = ""):
+    """One panel per direction; ``missing`` (direction -> label -> {x: (without value, cells)})
+    is drawn as a hollow marker on the x axis labelled "no value" (or "k/m no value")."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(lines_by_dir), figsize=(5 * len(lines_by_dir), 4), squeeze=False, layout="constrained")
@@ -182,6 +194,17 @@ def _line_panels(lines_by_dir: dict[str, dict], xlabel: str, ylabel: str, title:
         for label, pts in lines.items():
             xs, ms, ss = (np.array([p[i] for p in pts], dtype=float) for i in range(3))
             ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=label)
+        gaps = (missing or {}).get(dir_title, {})
+        for label, points in gaps.items():
+            for x, (without, cells) in points.items():
+                ax.plot([x], [0.0], marker="v", markersize=9, markerfacecolor="none", color="tab:gray",
+                        transform=ax.get_xaxis_transform(), clip_on=False)
+                ax.annotate(f"{label}: {'no value' if without == cells else f'{without}/{cells} no value'}",
+                            (x, 0.0), xycoords=ax.get_xaxis_transform(), xytext=(0, 8),
+                            textcoords="offset points", ha="center", fontsize=7, rotation=90, va="bottom")
+        if gaps:
+            ax.plot([], [], marker="v", linestyle="none", markerfacecolor="none", color="tab:gray",
+                    label=f"no value{': ' + missing_why if missing_why else ''}")
         if xlog:
             ax.set_xscale("log", base=2)
             xt = sorted({p[0] for pts in lines.values() for p in pts})
@@ -191,7 +214,7 @@ def _line_panels(lines_by_dir: dict[str, dict], xlabel: str, ylabel: str, title:
         ax.set_ylabel(ylabel)
         ax.set_title(dir_title)
         ax.grid(alpha=0.3)
-        if lines:
+        if lines or gaps:
             ax.legend(fontsize=8)
     fig.suptitle(title)
     return fig
@@ -204,11 +227,13 @@ def _p_h2_bits(name, config, entries, out) -> list[Path]:
         if not e.cell.scenario:
             groups[(e.cell.dataset.label, _scenario_key(e))].append(e)
     for (dataset, scen), group in groups.items():
-        lines = {t: _metric_lines(group, lambda e: e.cell.bits,
-                                  lambda r, d=d: _pct(r["metrics"][d].get("p_at_h2"))) for d, t in DIRS}
-        if not any(len(pts) > 1 for ls in lines.values() for pts in ls.values()):
+        metric = {d: (lambda r, d=d: _pct(r["metrics"][d].get("p_at_h2"))) for d, _ in DIRS}
+        lines = {t: _metric_lines(group, lambda e: e.cell.bits, metric[d]) for d, t in DIRS}
+        missing = {t: _missing_points(group, lambda e: e.cell.bits, metric[d]) for d, t in DIRS}
+        if len({e.cell.bits for e in group}) < 2:
             continue
-        fig = _line_panels(lines, "bits", "P@H≤2 (%)", f"P@H≤2 against code length — {dataset}, {_scenario_text(scen)}", xlog=True)
+        fig = _line_panels(lines, "bits", "P@H≤2 (%)", f"P@H≤2 against code length — {dataset}, {_scenario_text(scen)}",
+                           xlog=True, missing=missing, missing_why="no query retrieves anything within radius 2")
         made += _save(fig, out, _slug(name, dataset, _scenario_text(scen) if scen else ""))
     return made
 
@@ -324,6 +349,33 @@ def _display_classes(labels: list[list[int]]) -> tuple[np.ndarray, bool]:
     return out, any(len(lab) > 1 for lab in labels)
 
 
+TSNE_LEGEND_CLASSES = 20  # more classes than this: the legend names the first ones and counts the rest
+
+
+def _class_panel(ax, emb: np.ndarray, classes: np.ndarray, n: int, multi: bool) -> None:
+    """t-SNE points coloured by class (o image, x text) with a legend naming each class's colour."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    cmap = plt.get_cmap("tab10" if classes.max() < 10 else "tab20")
+    is_image = np.arange(2 * n) < n
+    handles = []
+    for c in np.unique(classes):
+        sel = classes == c
+        colour = "lightgray" if c < 0 else cmap(int(c) % cmap.N)
+        ax.scatter(emb[sel & is_image, 0], emb[sel & is_image, 1], s=9, color=colour, marker="o")
+        ax.scatter(emb[sel & ~is_image, 0], emb[sel & ~is_image, 1], s=12, color=colour, marker="x")
+        handles.append(Line2D([], [], marker="s", linestyle="none", color=colour,
+                              label="no label" if c < 0 else f"class {int(c)}"))
+    shown = handles[:TSNE_LEGEND_CLASSES]
+    if len(handles) > len(shown):
+        shown.append(Line2D([], [], linestyle="none", label=f"... {len(handles) - len(shown)} more classes"))
+    shown += [Line2D([], [], marker="o", linestyle="none", color="black", label="image"),
+              Line2D([], [], marker="x", linestyle="none", color="black", label="text")]
+    ax.legend(handles=shown, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_title("coloured by class" + (" (each item's rarest label)" if multi else ""))
+
+
 def _tsne(name, config, entries, out) -> list[Path]:
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
@@ -355,14 +407,7 @@ def _tsne(name, config, entries, out) -> list[Path]:
         a1.scatter(emb[n:, 0], emb[n:, 1], s=9, c="tab:green", label="text", alpha=0.7)
         a1.set_title("coloured by modality")
         a1.legend()
-        cmap = plt.get_cmap("tab10" if classes.max() < 10 else "tab20")
-        for c in np.unique(classes):
-            sel = classes == c
-            a2.scatter(emb[sel & (np.arange(2 * n) < n), 0], emb[sel & (np.arange(2 * n) < n), 1], s=9,
-                       color=cmap(int(c) % cmap.N), marker="o")
-            a2.scatter(emb[sel & (np.arange(2 * n) >= n), 0], emb[sel & (np.arange(2 * n) >= n), 1], s=12,
-                       color=cmap(int(c) % cmap.N), marker="x")
-        a2.set_title("coloured by class" + (" (each item's rarest label)" if multi else "") + "; o image, x text")
+        _class_panel(a2, emb, classes, n, multi)
         for ax in (a1, a2):
             ax.set_xticks([])
             ax.set_yticks([])

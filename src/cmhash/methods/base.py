@@ -17,11 +17,12 @@ import numpy as np
 
 from cmhash.codes import PackedCodes
 from cmhash.data.dataset import MODALITIES, CrossModalDataset
-from cmhash.io import load_arrays, save_arrays
+from cmhash.io import arrays_checksum, load_arrays, save_arrays
 from cmhash.progress import Progress
 from cmhash.record import run_record
 
 FORMAT_VERSION = 1
+MAX_BITS = 65_535  # the metrics and the index keep Hamming distances in 16 bits
 
 
 class HashModel(ABC):
@@ -75,7 +76,8 @@ class HashModel(ABC):
         """Rebuild the model from :meth:`state`'s output (``common``: bits, hparams, record)."""
 
     def save(self, path: str | Path) -> Path:
-        """Write the model to ``path`` (a single .npz, atomically; no pickles)."""
+        """Write the model to ``path`` (a single .npz, atomically; no pickles) with a sha256
+        checksum over its arrays and settings that :meth:`load` verifies."""
         arrays, config = self.state()
         meta = {
             "format": "cmhash-model",
@@ -86,6 +88,7 @@ class HashModel(ABC):
             "record": self.record,
             "config": config,
         }
+        meta["checksum"] = "sha256:" + arrays_checksum(arrays, meta)
         save_arrays(path, arrays, meta)
         return Path(path)
 
@@ -99,6 +102,12 @@ class HashModel(ABC):
             raise ValueError(f"{path}: not a cmhash model file (format={meta.get('format')!r})")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: unsupported model format version {meta.get('format_version')}")
+        recorded = meta.pop("checksum", None)  # files saved before checksums have none: trusted as before
+        if recorded is not None and recorded != "sha256:" + arrays_checksum(arrays, meta):
+            raise ValueError(
+                f"{path}: checksum mismatch: the model's weights or settings changed after it was saved "
+                "(edited or corrupt file); retrain or restore the saved file"
+            )
         cls = get_method_class(meta["method"]).model_class
         return cls.from_state(
             arrays, meta["config"], bits=meta["bits"], hparams=meta["hparams"], record=meta["record"]
@@ -152,8 +161,14 @@ class HashingMethod(ABC):
         """
         if not isinstance(train, CrossModalDataset):
             raise TypeError(f"train must be a CrossModalDataset, got {type(train).__name__}")
-        if int(bits) != bits or bits < 1:
+        if isinstance(bits, bool) or int(bits) != bits or bits < 1:
             raise ValueError(f"bits must be a positive integer, got {bits!r}")
+        limit = self.max_bits(train)
+        if bits > limit:
+            raise ValueError(
+                f"{self.name}: {bits} bits cannot be learned from {len(train)} training items "
+                f"(at most {limit}: {self.max_bits_reason(train)})"
+            )
         data = train if self.supervised else without_labels(train)
         # The run record's data checksum (sha256 over GBs at NUS-WIDE size: seconds) is computed
         # in a thread beside the training: hashlib releases the GIL while it hashes.
@@ -178,6 +193,22 @@ class HashingMethod(ABC):
     @abstractmethod
     def _fit(self, train: CrossModalDataset, bits: int, *, seed: int, progress: Progress | None) -> HashModel:
         """The method's training: return a fitted model (labels hidden when unsupervised)."""
+
+    def max_bits(self, train: CrossModalDataset) -> int:
+        """The longest code worth learning from ``train``, checked before any work is done.
+
+        No method learns more bits than there are training items: the n x bits code matrix has
+        rank at most n, so bits beyond the n-th add no independent information on the training
+        data (and the method's bits x bits or d x bits matrices may not fit in memory: CCA-ITQ's
+        rotation at 10**6 bits is 7.28 TiB). Codes are also capped at :data:`MAX_BITS`. Methods
+        with a tighter bound override this and :meth:`max_bits_reason`.
+        """
+        return min(len(train), MAX_BITS)
+
+    def max_bits_reason(self, train: CrossModalDataset) -> str:
+        if len(train) < MAX_BITS:
+            return "a code matrix of n items has rank at most n, so further bits add nothing"
+        return f"Hamming distances are kept in 16 bits, so codes have at most {MAX_BITS} bits"
 
     def cost_hint(self, bits: int) -> float:
         """Rough cost of one fit at ``bits``, in deep-baseline epochs on the same data.

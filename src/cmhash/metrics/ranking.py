@@ -92,6 +92,11 @@ class RankingReport:
     at_n: PrecisionRecallAtN | None = None
     pr: PRCurve | None = None
 
+    def as_dict(self) -> dict:
+        """Each computed part's ``as_dict()`` under its name; parts not computed are ``None``."""
+        return {name: None if part is None else part.as_dict()
+                for name, part in (("map", self.map), ("at_n", self.at_n), ("pr", self.pr))}
+
 
 def _n_grid(n, n_db: int) -> np.ndarray:
     if n is None:
