@@ -390,7 +390,7 @@ def run_cmd(
 ) -> None:
     """Fill a config's grid of runs; re-running skips finished cells (safe to interrupt)."""
     from cmhash.experiments.config import ConfigError, load_config, method_availability
-    from cmhash.experiments.runner import run_grid, unique_cells
+    from cmhash.experiments.runner import is_current, run_grid, unique_cells
     from cmhash.experiments.store import ResultsStore, StoreLocked
     from cmhash.progress import ConsoleProgress
 
@@ -403,15 +403,20 @@ def run_cmd(
     results = out or f"results/{cfg.name}"
     cells = unique_cells(cfg)
     store = ResultsStore(results)
-    finished = sum(store.has(c.key) for c in cells)
+    current = {c.key: is_current(store, c) for c in cells}
+    finished = sum(current.values())
+    stale = sum(store.has(c.key) and not current[c.key] for c in cells)
     console.print(f"{cfg.name}: {len(cells)} cells, {finished} finished, results in {results}")
+    if stale:
+        console.print(f"[yellow]note:[/] {stale} finished cell(s) were trained with other hyper-parameters "
+                      "(a method default changed since): they run again")
     for name in sorted({c.method.name for c in cells}):
         why = method_availability(name)
         if why is not None:
             console.print(f"[yellow]warning:[/] method '{name}' is not available ({why}); its cells will fail")
     if dry_run:
         for c in cells:
-            console.print(f"  {'done ' if store.has(c.key) else 'to do'}  {c.key}  {c.describe()}")
+            console.print(f"  {'done ' if current[c.key] else 'to do'}  {c.key}  {c.describe()}")
         return
     try:
         summary = run_grid(cfg, results, jobs=jobs, progress=ConsoleProgress())
@@ -527,30 +532,10 @@ def _build_milvus_index(codes, ids, info: dict, uri: str, collection: str, token
         fail(f"cannot build the Milvus index: {exc}")
 
 
-@app.command("serve")
-def serve_cmd(
-    model: str = typer.Option(..., help="saved model file, or a folder holding model.npz"),
-    index: str = typer.Option(..., help="index file written by `cmhash index build`"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on"),
-    port: int = typer.Option(8000, help="port to listen on (0: any free port)"),
-) -> None:
-    """Serve /health, /info, /encode and /search over HTTP until interrupted."""
-    from cmhash.serve import load_service, make_server
+# serve / search / encode live in cmhash/serve/cli.py (the HTTP parts import only when they run)
+from cmhash.serve.cli import register as _register_service_commands  # noqa: E402
 
-    _check_port(port)
-
-    try:
-        server = make_server(load_service(model, index), host, port)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        fail(str(exc))
-    bound_host, bound_port = server.server_address[:2]
-    console.print(f"serving {index} on http://{bound_host}:{bound_port} (Ctrl-C to stop)")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+_register_service_commands(app)
 
 
 def _parse_ints(text: str, name: str) -> list[int]:

@@ -77,6 +77,25 @@ def test_rerun_skips_finished_cells(results):
     assert after == before
 
 
+def test_a_changed_default_reruns_the_cells_it_affects(results, tmp_path, monkeypatch):
+    """Keys hash the hyper-parameters a config names, not the defaults: a finished cell whose
+    recorded hyper-parameters differ from what the code would now use is stale and runs again."""
+    import shutil
+
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    cls = registry.get_method_class("cca-itq")
+    monkeypatch.setattr(cls, "defaults", {**cls.defaults, "itq_iters": 7})
+    cfg = load_config(CONFIG)
+    affected = {c.key for c in unique_cells(cfg) if c.method.name == "cca-itq"
+                and "itq_iters" not in c.method.hparams}
+    assert affected and len(affected) < 24
+    summary = run_grid(cfg, copy)
+    assert summary.done == len(affected) and summary.skipped == 24 - len(affected) and summary.complete
+    for key in affected:
+        assert ResultsStore(copy).read(key)["record"]["hparams"]["itq_iters"] == 7
+
+
 def test_report_tables(results, report):
     store = ResultsStore(results)
     cfg = load_config(CONFIG)
@@ -241,3 +260,71 @@ def test_table_marks_seeds_without_a_value():
     rows = list(csv.DictReader(table_csv(table).splitlines()))
     assert [(r["method"], r["bits"], r["seeds"], r["seeds_without_value"]) for r in rows] == [
         ("A", "16", "2", "1"), ("B", "16", "3", "0"), ("A", "128", "0", "3"), ("B", "128", "0", "0")]
+
+
+def test_run_diagnostics_are_table_metrics():
+    """Engine diagnostics and any numeric scalar under record["diagnostics"] ("diag:<name>", dotted
+    for nested dicts) can be table metrics; non-numbers read as missing; no best is marked."""
+    from cmhash.experiments.report import Table, metric_value, table_markdown
+
+    rec = {"metrics": {}, "record": {"training": {"selected_epoch": 7, "best_val_map": 0.5},
+                                      "diagnostics": {"unique_codes_image": 812, "bit_mean_abs_text": 0.25,
+                                                      "best_epoch": 9, "best_val_map": 0.4321, "tau": 0.0125,
+                                                      "selection": "best validation mAP", "flag": True,
+                                                      "hint": {"pair_agreement": 0.97}}}}
+    assert metric_value(rec, "unique_codes_image") == 812.0
+    assert metric_value(rec, "bit_mean_abs_text") == 0.25
+    assert metric_value(rec, "best_epoch") == 9.0
+    assert metric_value(rec, "best_val_map") == pytest.approx(43.21)
+    assert metric_value(rec, "diag:tau") == 0.0125
+    assert metric_value(rec, "diag:hint.pair_agreement") == 0.97
+    assert metric_value(rec, "diag:selection") is None and metric_value(rec, "diag:flag") is None
+    assert metric_value(rec, "diag:missing") is None and metric_value(rec, "unique_codes_text") is None
+    # a method's own record section, outside "diagnostics" (HINT's "hint"), is reached by its path
+    own = {"metrics": {}, "record": {"hint": {"pairs_in_one_community": 0.25, "tree": {"levels": 3}}}}
+    assert metric_value(own, "diag:hint.pairs_in_one_community") == 0.25
+    assert metric_value(own, "diag:hint.tree.levels") == 3.0 and metric_value(own, "diag:hint.nothing") is None
+    old = {"metrics": {}, "record": {"training": {"selected_epoch": 7, "best_val_map": 0.5}}}  # before diagnostics
+    assert metric_value(old, "best_epoch") == 7.0 and metric_value(old, "best_val_map") == 50.0
+    cells = {("unique_codes_image", "A", 16): [800.0, 812.0], ("unique_codes_image", "B", 16): [10.0, 12.0],
+             ("diag:tau", "A", 16): [0.01, 0.02], ("diag:tau", "B", 16): [0.5, 0.5]}
+    table = Table("t", "", "method", "bits", ("unique_codes_image", "diag:tau"), ["A", "B"], [16], cells, {})
+    md = table_markdown(table)
+    assert "**" not in md
+    assert "| distinct image codes (training set) | A | 806.0 ± 8.5 |" in md
+    assert "| diag:tau | B | 0.500 ± 0.000 |" in md
+
+
+def test_diagnostic_metrics_in_a_config(tmp_path):
+    raw = {
+        "datasets": [{"name": "synthetic", "params": {"n": 200}}],
+        "methods": [{"name": "deep-baseline", "label": "DB", "hparams": {"epochs": 2, "hidden": [16]}}],
+        "grid": {"bits": [8], "seeds": [0, 1]},
+        "evaluation": {"curves": False, "code_samples": 0, "fisher": False},
+        "report": {"figures": [], "tables": [{
+            "title": "Diagnostics", "metrics": ["best_epoch", "unique_codes_text", "bit_mean_abs_image",
+                                                "diag:unique_share_image"]}]},
+    }
+    cfg = parse_config(raw, source="diag")
+    run_grid(cfg, tmp_path / "r")
+    md = write_report(tmp_path / "r").read_text()
+    assert "| selected epoch | DB |" in md and "| diag:unique_share_image | DB |" in md
+    rows = list(csv.DictReader((tmp_path / "r" / "report" / "tables" / "table1.csv").open()))
+    store = ResultsStore(tmp_path / "r")
+    recs = [store.read(k) for k in store.keys()]
+    want = np.mean([r["record"]["diagnostics"]["unique_codes_text"] for r in recs])
+    got = next(r for r in rows if r["metric"] == "unique_codes_text")
+    assert float(got["mean"]) == pytest.approx(want) and got["seeds"] == "2" and got["best"] == "0"
+    cells = list(csv.DictReader((tmp_path / "r" / "report" / "cells.csv").open()))
+    assert {"unique_codes_image", "bit_mean_abs_text", "best_epoch"} <= set(cells[0])
+    bad = {**raw, "report": {"tables": [{"title": "x", "metrics": ["unique_codes"]}]}}
+    with pytest.raises(ValueError, match=r"metrics\[0\].*diag:<name>"):
+        parse_config(bad, source="bad")
+
+
+def test_table_where_takes_one_value_or_a_list():
+    from cmhash.experiments.report import _matches
+
+    assert _matches("HINT", "HINT") and not _matches("HINT V1", "HINT")
+    assert _matches("HINT V1", ["HINT", "HINT V1"]) and not _matches("DEMO", ["HINT", "HINT V1"])
+    assert _matches(16, [16, 32]) and not _matches(64, [16, 32])

@@ -85,14 +85,36 @@ def test_similarity_structure_is_eq_11():
             assert float(s[i, j]) == pytest.approx(float(want))
 
 
-def test_guided_consistency_matches_plain_loop():
+def test_guided_consistency_matches_plain_loop_of_eq12():
+    """Eq. 12 literally: e1 and e2 each run over {v, t}, so the image-text term counts twice."""
     rng = np.random.default_rng(4)
     bv, bt, s = rng.standard_normal((4, 6)), rng.standard_normal((4, 6)), rng.random((4, 4))
+    b = {"v": bv, "t": bt}
     want = 0.0
-    for x, y in ((bv, bv), (bt, bt), (bv, bt)):
-        want += sum((cos(x[i], y[j]) - s[i, j]) ** 2 for i in range(4) for j in range(4)) / 16
+    for e1 in ("v", "t"):
+        for e2 in ("v", "t"):
+            want += sum((cos(b[e1][i], b[e2][j]) - s[i, j]) ** 2 for i in range(4) for j in range(4)) / 16
     got = guided_consistency(torch.tensor(bv), torch.tensor(bt), torch.tensor(s))
     assert float(got) == pytest.approx(want, rel=1e-10)
+
+
+def test_guided_consistency_unordered_counts_image_text_once():
+    rng = np.random.default_rng(14)
+    bv, bt = rng.standard_normal((5, 6)), rng.standard_normal((5, 6))
+    s = rng.random((5, 5))
+    s = (s + s.T) / 2  # S of Eq. 11 is symmetric
+    want = 0.0
+    for x, y in ((bv, bv), (bt, bt), (bv, bt)):
+        want += sum((cos(x[i], y[j]) - s[i, j]) ** 2 for i in range(5) for j in range(5)) / 25
+    args = torch.tensor(bv), torch.tensor(bt), torch.tensor(s)
+    got = guided_consistency(*args, "unordered")
+    assert float(got) == pytest.approx(want, rel=1e-10)
+    vt = sum((cos(bv[i], bt[j]) - s[i, j]) ** 2 for i in range(5) for j in range(5)) / 25
+    assert float(guided_consistency(*args)) == pytest.approx(want + vt, rel=1e-10)  # (t,v) = (v,t) here
+    with pytest.raises(ValueError, match="gui_terms"):
+        guided_consistency(*args, "both")
+    with pytest.raises(ValueError, match="gui_terms"):
+        get_method("demo", gui_terms="twice")._check_hparams()
 
 
 def softmax(v):

@@ -16,8 +16,11 @@ from cmhash.methods.idgh import (  # noqa: E402
     ClassCovariance,
     calibrate,
     covariance_root,
+    covariance_roots,
     eta_at,
+    matrix_power,
     matrix_sqrt,
+    noise_powers,
     ndcg_triplet_loss,
     ndcg_triplet_weights,
     neighbour_covariances,
@@ -143,21 +146,48 @@ def test_synthetic_samples_have_the_requested_diagonal_covariance():
     torch.manual_seed(0)
     centre = torch.tensor([[0.5, -0.2, 0.1]])
     var = torch.tensor([[0.04, 0.01, 0.09]])
-    samples = synthesize(centre, covariance_root(var), eta=0.5, aug_num=30000)
+    samples = synthesize(centre, [covariance_root(var)] * 30000, eta=0.5)
     np.testing.assert_allclose(samples.mean(0).numpy(), centre[0].numpy(), atol=0.005)
     np.testing.assert_allclose(samples.var(0).numpy(), 0.5 * var[0].numpy(), rtol=0.05)
-    # no repeated square roots: the first, second and third sample of each item share Sigma
-    per = synthesize(centre.repeat(10000, 1), covariance_root(var.repeat(10000, 1)), eta=1.0,
-                     aug_num=3).reshape(3, 10000, 3)
+
+
+@pytest.mark.parametrize("noise", ["official", "written"])
+def test_each_sample_has_its_readings_variance(noise):
+    """"written": every sample ~ N(b, eta Sigma); "official": sample s has std sqrt(eta) Sigma^(1/2^s)
+    (the official loop's repeated square root), so for variances < 1 later samples are noisier."""
+    torch.manual_seed(2)
+    n, eta = 20000, 0.6
+    centre = torch.tensor([[0.5, -0.2, 0.1]]).repeat(n, 1)
+    var = torch.tensor([[0.04, 0.01, 0.09]])
+    per = synthesize(centre, covariance_roots(var.repeat(n, 1), noise, 3), eta=eta).reshape(3, n, 3)
     for s in range(3):
-        np.testing.assert_allclose(per[s].var(0).numpy(), var[0].numpy(), rtol=0.08)
+        power = 0.5 if noise == "written" else 0.5 ** (s + 1)
+        want_std = math.sqrt(eta) * var[0].numpy() ** power
+        np.testing.assert_allclose(per[s].std(0).numpy(), want_std, rtol=0.03)
+        np.testing.assert_allclose(per[s].mean(0).numpy(), centre[0].numpy(), atol=0.02)
+    if noise == "official":
+        stds = [float(per[s].std(0).mean()) for s in range(3)]
+        assert stds[0] < stds[1] < stds[2]
+
+
+def test_noise_powers_and_matrix_power():
+    assert noise_powers("official", 3) == [0.5, 0.25, 0.125]
+    assert noise_powers("written", 3) == [0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match="noise"):
+        noise_powers("exact", 3)
+    a = torch.tensor([[0.3, 0.0, 0.0], [0.2, 0.2, 0.0], [-0.1, 0.1, 0.1]], dtype=torch.float64)
+    cov = (a @ a.T)[None]
+    q = matrix_power(cov, 0.25)[0]
+    torch.testing.assert_close(q @ q @ q @ q, cov[0], rtol=1e-8, atol=1e-10)
+    roots = covariance_roots(cov, "official", 3)
+    torch.testing.assert_close(roots[1][0] @ roots[1][0], roots[0][0], rtol=1e-8, atol=1e-10)
 
 
 def test_synthetic_samples_have_the_requested_full_covariance():
     torch.manual_seed(1)
     a = torch.tensor([[0.3, 0.0, 0.0], [0.2, 0.2, 0.0], [-0.1, 0.1, 0.1]], dtype=torch.float64)
     cov = (a @ a.T)[None]
-    samples = synthesize(torch.zeros(1, 3, dtype=torch.float64), covariance_root(cov), eta=0.8, aug_num=40000)
+    samples = synthesize(torch.zeros(1, 3, dtype=torch.float64), [covariance_root(cov)] * 40000, eta=0.8)
     emp = np.cov(samples.numpy().T, bias=True)
     np.testing.assert_allclose(emp, 0.8 * cov[0].numpy(), atol=0.004)
 
@@ -194,7 +224,7 @@ def data():
 
 
 @pytest.mark.parametrize("switch", [
-    {}, {"covariance": "full"}, {"sampling": "class-mean"}, {"class_cov": False}, {"global_cov": False},
+    {}, {"covariance": "full"}, {"noise": "written"}, {"noise": "written", "covariance": "full"}, {"sampling": "class-mean"}, {"class_cov": False}, {"global_cov": False},
     {"refine_below": 1000},  # every class is "under-populated": exercises the neighbour refinement
 ])
 def test_idgh_trains_with_each_ablation_switch(data, switch):
@@ -203,6 +233,20 @@ def test_idgh_trains_with_each_ablation_switch(data, switch):
     hist = model.record["training"]["history"]
     assert [h["synthetic"] for h in hist] == [0.0, 1.0, 1.0]
     assert model.encode("image", data.query.image).nbits == 8
+    diag = model.record["diagnostics"]
+    for m in ("image", "text"):
+        stds = [diag[f"noise_std_{m}_s{s}"] for s in (1, 2, 3)]
+        if model.hparams["noise"] == "official":  # tanh-code variances < 1: later samples noisier
+            assert diag[f"code_var_{m}"] < 1 and stds[0] < stds[1] < stds[2]
+        else:
+            assert stds[0] == stds[1] == stds[2]
+
+
+def test_idgh_paper_preset_and_default_noise():
+    assert IDGH.defaults["noise"] == "official"
+    assert IDGH.defaults["margin"] == 0.25  # chosen on the validation split (module docstring)
+    assert IDGH(preset="paper").hparams["margin"] == 0.05
+    assert IDGH(preset="paper").hparams["noise"] == "official"
 
 
 def test_idgh_sampling_covariances_follow_the_switches(data):
@@ -256,15 +300,20 @@ def test_item_root_is_the_root_of_each_items_covariance(data, covariance):
     # repeated label sets, a multi-label item, label-less items, a single item of its set
     lab = torch.tensor([[1.0, 0, 0, 0], [0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0],
                         [0, 0, 0, 1]])
-    got = method.item_root(ctx, "text", lab)
+    got = method.item_roots(ctx, "text", lab)
+    assert len(got) == 3
     cov = method.item_covariance(ctx, "text", lab)
-    for i in range(len(lab)):
-        want = cov[i].clamp_min(0).sqrt() if covariance == "diag" else matrix_sqrt(cov[i][None])[0]
-        torch.testing.assert_close(got[i], want, rtol=1e-10, atol=1e-12)
+    for s, power in enumerate((0.5, 0.25, 0.125)):  # the default noise="official"
+        for i in range(len(lab)):
+            want = cov[i].clamp_min(0) ** power if covariance == "diag" else matrix_power(cov[i][None], power)[0]
+            torch.testing.assert_close(got[s][i], want, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(got[0][1], cov[1].clamp_min(0).sqrt() if covariance == "diag"
+                               else matrix_sqrt(cov[1][None])[0], rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("bad, match", [({"covariance": "dense"}, "covariance"), ({"sampling": "x"}, "sampling"),
-                                        ({"aug_num": -1}, "aug_num"), ({"update_interval": 0}, "update_interval")])
+                                        ({"aug_num": -1}, "aug_num"), ({"update_interval": 0}, "update_interval"),
+                                        ({"noise": "exact"}, "noise")])
 def test_idgh_bad_hyper_parameters(data, bad, match):
     with pytest.raises(ValueError, match=match):
         get_method("idgh", **bad).fit(data.train, 8, seed=0)

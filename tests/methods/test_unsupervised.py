@@ -80,12 +80,17 @@ def test_hint_variants_train_and_record(preset, tiny_data):
     lam = rec["lambda_per_epoch"]
     if method.hparams["mixup"] == "mmd":
         assert [e["epoch"] for e in lam] == [0, 1]
-        assert all(0 <= e["image"] <= math.sqrt(2) and 0 <= e["text"] <= math.sqrt(2) for e in lam)
+        cap = method.hparams["mmd_scale"] * math.sqrt(2)  # lambda = scale x a biased MMD <= sqrt(2)
+        assert all(0 <= e["image"] <= cap and 0 <= e["text"] <= cap for e in lam)
     else:
         assert lam == []
     if rec["proxy_source"] == "tree":
         assert rec["tree"]["nodes"] == 2 * len(tiny_data.train) and rec["tree"]["build_seconds"] >= 0
     assert ("con" in model.record["training"]["history"][-1]) == (preset is None)
+    agreement = rec["pair_bit_agreement_per_epoch"]
+    assert len(agreement) == 2 and all(0 <= a <= 1 for a in agreement)
+    if rec["proxy_source"] == "tree":
+        assert 0 <= rec["pairs_in_one_community"] <= 1 and set(rec["pair_in_cross"]) == {"image", "text"}
 
 
 @pytest.mark.parametrize("preset", [None, "wo_d", "wo_r", "wo_s"])

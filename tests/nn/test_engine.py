@@ -191,3 +191,61 @@ def test_core_imports_without_torch():
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]),
                    env={**__import__("os").environ, "PYTHONPATH": "src"})
+
+
+# ------------------------------------------------------------------ run diagnostics in the record
+class DiagnosingPlugin(CountingPlugin):
+    """Puts method-specific diagnostics where the engine merges them."""
+
+    name = "diagnosing"
+
+    def on_epoch_end(self, ctx, logs):
+        ctx.state.setdefault("record", {}).setdefault("diagnostics", {})["plugin_tau"] = 0.25 + ctx.epoch
+
+
+@pytest.mark.parametrize("bits", [12, 16])
+def test_code_diagnostics_match_brute_force(data, bits):
+    from cmhash.codes import sign as sign_codes
+
+    model = get_method("deep-baseline", **{**SMALL, "epochs": 2}).add_plugin(DiagnosingPlugin()).fit(
+        data.train, bits, seed=0)
+    diag = model.record["diagnostics"]
+    tr = data.train
+    assert diag["diagnostic_items"] == len(tr)
+    for m in ("image", "text"):
+        codes = sign_codes(model.networks.outputs(m, tr.features(m)).numpy())  # the selected networks
+        assert diag[f"unique_codes_{m}"] == len({tuple(row) for row in codes.tolist()})
+        assert diag[f"unique_share_{m}"] == pytest.approx(diag[f"unique_codes_{m}"] / len(tr), abs=1e-6)
+        bit_means = [abs(sum(codes[:, j].tolist()) / len(codes)) for j in range(bits)]
+        assert diag[f"bit_mean_abs_{m}"] == pytest.approx(sum(bit_means) / bits, abs=1e-6)
+        # the model's own codes agree (what the database is encoded with)
+        packed = model.encode(m, tr.features(m))
+        assert len(np.unique(packed.data, axis=0)) == diag[f"unique_codes_{m}"]
+    tr_rec = model.record["training"]
+    assert diag["best_epoch"] == tr_rec["selected_epoch"] and diag["best_val_map"] == tr_rec["best_val_map"]
+    assert diag["selection"] == "best validation mAP"
+    assert diag["plugin_tau"] == 1.25  # a hook's diagnostics are merged, not overwriting the engine's
+    assert "diagnostics" not in {k for k in model.record if k != "diagnostics"}
+
+
+def test_collapsed_codes_show_in_the_diagnostics(data):
+    """A network whose output ignores the input gives one code per modality and |bit mean| = 1."""
+    from cmhash.nn.engine import code_diagnostics
+
+    torch.manual_seed(0)
+    net = HashNetworks(data.train.dims, 12, [8])
+    with torch.no_grad():
+        for mlp in net.nets.values():
+            last = mlp.body[-1]
+            last.weight.zero_()
+            last.bias.copy_(torch.linspace(-1, 1, 12))
+    diag = code_diagnostics(net, data.train)
+    assert diag["unique_codes_image"] == diag["unique_codes_text"] == 1
+    assert diag["bit_mean_abs_image"] == diag["bit_mean_abs_text"] == 1.0
+
+
+def test_no_validation_split_records_the_last_epoch(data):
+    model = get_method("deep-baseline", **{**SMALL, "epochs": 2, "val_fraction": 0.0}).fit(data.train, 8, seed=0)
+    diag = model.record["diagnostics"]
+    assert diag["best_epoch"] == 1 and diag["best_val_map"] is None
+    assert diag["selection"].startswith("last epoch")

@@ -54,6 +54,20 @@ METRIC_NAMES = (
     "map_i2t", "map_t2i", "p_h2_i2t", "p_h2_t2i", "fisher_i2t", "fisher_t2i",
     "train_time_s", "eval_time_s",
 )
+# Run diagnostics a table can show (from record["diagnostics"], written by the deep engine), and
+# the prefix that reaches any numeric scalar there: "diag:<name>" ("diag:<a>.<b>" inside a dict),
+# or, failing that, in the run record itself (a method's own section: "diag:hint.pair_bit_agreement").
+DIAGNOSTIC_NAMES = (
+    "unique_codes_image", "unique_codes_text", "unique_share_image", "unique_share_text",
+    "bit_mean_abs_image", "bit_mean_abs_text", "best_epoch", "best_val_map",
+)
+DIAG_PREFIX = "diag:"
+
+
+def is_metric_name(name: str) -> bool:
+    """A name a [[report.tables]] entry may list under ``metrics``."""
+    return (name in METRIC_NAMES or name in DIAGNOSTIC_NAMES
+            or (name.startswith(DIAG_PREFIX) and len(name) > len(DIAG_PREFIX)))
 
 
 class ConfigError(ValueError):
@@ -393,8 +407,9 @@ def _parse_table(v: "_Validator", t: Any, where: str) -> TableSpec:
             v.fail(f"{where}.{key}", f"unknown dimension '{dim}'; known: {list(TABLE_DIMS)}")
     metrics = tuple(v.typed(t.get("metrics", ["map_i2t", "map_t2i"]), f"{where}.metrics", list))
     for j, metric in enumerate(metrics):
-        if metric not in METRIC_NAMES:
-            v.fail(f"{where}.metrics[{j}]", f"unknown metric '{metric}'; known: {list(METRIC_NAMES)}")
+        if not isinstance(metric, str) or not is_metric_name(metric):
+            v.fail(f"{where}.metrics[{j}]", f"unknown metric {metric!r}; known: {list(METRIC_NAMES + DIAGNOSTIC_NAMES)}"
+                   f" or '{DIAG_PREFIX}<name>' for any numeric run diagnostic")
     filt = dict(v.table(t.get("where", {}), f"{where}.where"))
     for key in filt:
         if key not in TABLE_DIMS:

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from cmhash.experiments.config import (
-    SCENARIO_AXES, ExperimentConfig, TableSpec, parse_config,
+    DIAG_PREFIX, DIAGNOSTIC_NAMES, SCENARIO_AXES, ExperimentConfig, TableSpec, parse_config,
 )
 from cmhash.experiments.grid import Cell, expand
 from cmhash.experiments.store import ResultsStore
@@ -32,7 +32,55 @@ METRIC_TITLES = {
     "fisher_i2t": "Fisher ratio I→T (%)", "fisher_t2i": "Fisher ratio T→I (%)",
     "train_time_s": "training time (s)", "eval_time_s": "evaluation time (s)",
 }
+METRIC_TITLES.update({
+    "unique_codes_image": "distinct image codes (training set)",
+    "unique_codes_text": "distinct text codes (training set)",
+    "unique_share_image": "distinct image codes / items", "unique_share_text": "distinct text codes / items",
+    "bit_mean_abs_image": "mean abs(bit mean), image", "bit_mean_abs_text": "mean abs(bit mean), text",
+    "best_epoch": "selected epoch", "best_val_map": "validation mAP@all (%)",
+})
 LOWER_IS_BETTER = {"train_time_s", "eval_time_s"}
+#: diagnostics describe a run; no "best" is marked for them
+UNRANKED = set(DIAGNOSTIC_NAMES) - {"best_val_map"}
+
+
+def metric_title(metric: str) -> str:
+    return METRIC_TITLES.get(metric, metric)
+
+
+def metric_digits(metric: str) -> int:
+    """Decimals shown: counts and epochs 1, times and other diagnostics 3, percentages 2."""
+    if metric.startswith(("unique_codes_", "best_epoch")):
+        return 1
+    if metric in LOWER_IS_BETTER or not is_ranked(metric):
+        return 3
+    return 2
+
+
+def is_ranked(metric: str) -> bool:
+    return metric not in UNRANKED and not metric.startswith(DIAG_PREFIX)
+
+
+def diagnostic_value(record: dict[str, Any], name: str) -> float | None:
+    """A numeric scalar of a cell's ``record["diagnostics"]`` (``a.b`` = key b of the dict a), else
+    of the run record itself (a method's own section, e.g. ``hint.pair_bit_agreement``); None
+    when absent or not a number. Records written before the engine kept diagnostics still give
+    ``best_epoch`` and ``best_val_map`` from their training record."""
+    run = record.get("record", {})
+
+    def lookup(value: Any) -> Any:
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    value = lookup(run.get("diagnostics", {}))
+    if value is None:
+        value = lookup(run)
+    if value is None and name in ("best_epoch", "best_val_map"):
+        value = run.get("training", {}).get("selected_epoch" if name == "best_epoch" else "best_val_map")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -56,6 +104,11 @@ class Entry:
 
 def metric_value(record: dict[str, Any], metric: str) -> float | None:
     """A metric of a stored cell record, in the unit the tables show (% for retrieval metrics)."""
+    if metric.startswith(DIAG_PREFIX):
+        return diagnostic_value(record, metric[len(DIAG_PREFIX):])
+    if metric in DIAGNOSTIC_NAMES:
+        value = diagnostic_value(record, metric)
+        return None if value is None else 100.0 * value if metric == "best_val_map" else value
     if metric == "train_time_s":
         return record["record"].get("wall_time_s")
     if metric == "eval_time_s":
@@ -120,6 +173,8 @@ class Table:
         return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0, int(arr.size)
 
     def best(self, metric: str, col: Any) -> Any:
+        if not is_ranked(metric):
+            return None
         scored = [(s[0], r) for r in self.rows if (s := self.stats(metric, r, col)) is not None]
         if not scored:
             return None
@@ -151,9 +206,16 @@ def default_table_specs(config: ExperimentConfig) -> list[TableSpec]:
     return specs
 
 
+def _matches(value: Any, wanted: Any) -> bool:
+    """A table's ``where`` filter: one value, or a list of accepted values."""
+    if isinstance(wanted, list):
+        return any(_norm(value) == _norm(w) for w in wanted)
+    return _norm(value) == _norm(wanted)
+
+
 def _build(spec: TableSpec, entries: list[Entry]) -> list[Table]:
-    done = [e for e in entries if all(_norm(e.dim(k)) == _norm(v) for k, v in spec.where.items())]
-    fixed = {spec.rows, spec.columns, "seed", *spec.where}
+    done = [e for e in entries if all(_matches(e.dim(k), v) for k, v in spec.where.items())]
+    fixed = {spec.rows, spec.columns, "seed", *(k for k, v in spec.where.items() if not isinstance(v, list))}
     other_dims = [d for d in ("dataset", *SCENARIO_AXES, "bits", "method") if d not in fixed]
     groups: dict[tuple, list[Entry]] = defaultdict(list)
     for e in done:
@@ -216,21 +278,21 @@ def table_markdown(table: Table) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     paper_rows = list(dict.fromkeys(r for (_, r, _) in table.paper))  # in the paper's (config's) order
     for metric in table.metrics:
-        digits = 3 if metric in LOWER_IS_BETTER else 2
+        digits = metric_digits(metric)
         best = {c: table.best(metric, c) for c in table.cols}
         for row in table.rows:
             vals = []
             for c in table.cols:
                 text = table.fmt(metric, row, c, digits)
                 vals.append(f"**{text}**" if best[c] == row and text != "—" else text)
-            lines.append("| " + " | ".join(([METRIC_TITLES[metric]] if len(table.metrics) > 1 else [])
+            lines.append("| " + " | ".join(([metric_title(metric)] if len(table.metrics) > 1 else [])
                                              + [str(row)] + vals) + " |")
         for prow in paper_rows:
             vals = [table.paper.get((metric, prow, _norm(c))) for c in table.cols]
             if all(v is None for v in vals):
                 continue
             cells = ["—" if v is None else f"*{v:.2f}*" for v in vals]
-            lines.append("| " + " | ".join(([METRIC_TITLES[metric]] if len(table.metrics) > 1 else [])
+            lines.append("| " + " | ".join(([metric_title(metric)] if len(table.metrics) > 1 else [])
                                              + [f"*{prow} (paper)*"] + cells) + " |")
     return "\n".join(lines)
 
@@ -258,7 +320,7 @@ def cells_csv(entries: list[Entry], axes: list[str]) -> str:
     """One row per finished cell (every metric), for analysis elsewhere."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    metrics = list(METRIC_TITLES)
+    metrics = list(METRIC_TITLES)  # the retrieval metrics, times and the engine's diagnostics
     w.writerow(["key", "dataset", "method", "bits", "seed", *axes, *metrics])
     seen: set[tuple[str, str]] = set()
     for e in entries:
@@ -305,7 +367,8 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike | None = Non
         if table.paper_note:
             parts += [f"Mean ± std over seeds; best of ours per column in bold; *italic rows: {table.paper_note}*.", ""]
         else:
-            parts += ["Mean ± std over seeds; best per column in bold.", ""]
+            parts += ["Mean ± std over seeds" + ("; best per column in bold." if any(map(is_ranked, table.metrics))
+                                                 else " (run diagnostics: no best marked)."), ""]
         parts += [table_markdown(table), ""]
         if table.has_undefined:
             parts += ["Some seeds have no value here (e.g. P@H≤2 when no query finds any item within "

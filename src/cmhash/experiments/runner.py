@@ -6,6 +6,7 @@ leaves finished cells intact and nothing half-written; the next run does the res
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -61,6 +62,36 @@ def unique_cells(config: ExperimentConfig) -> list[Cell]:
     return list(out.values())
 
 
+def cell_method(cell: Cell):
+    """The configured method of a cell (its hyper-parameters, plus a scenario's batch size)."""
+    from cmhash.methods.registry import get_method
+
+    hparams = dict(cell.method.hparams)
+    if "batch_size" in dict(cell.scenario):
+        hparams["batch_size"] = dict(cell.scenario)["batch_size"]
+    return get_method(cell.method.name, preset=cell.method.preset, **hparams)
+
+
+def _json_form(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def is_current(store: ResultsStore, cell: Cell) -> bool:
+    """True if the store holds the cell, trained with the hyper-parameters this code would use.
+
+    A cell's key hashes the hyper-parameters its config names, not the method's defaults, so a
+    record made before a default changed has the same key: it is stale and runs again (its
+    resolved hyper-parameters, in the record, differ from the current ones)."""
+    if not store.has(cell.key):
+        return False
+    recorded = store.read(cell.key).get("record", {}).get("hparams")
+    try:
+        current = cell_method(cell).hparams
+    except (ImportError, ValueError):  # an unavailable or now-invalid method: run it (and fail clearly)
+        return False
+    return recorded is not None and _json_form(recorded) == _json_form(current)
+
+
 def run_grid(
     config: ExperimentConfig,
     out: str | os.PathLike,
@@ -78,7 +109,7 @@ def run_grid(
     with store.lock():
         store.remove_stray_temps()
         store.save_config({"source": str(config.path) if config.path else None, "config": config.raw})
-        todo = sorted((c for c in cells if not store.has(c.key)), key=_cost_hint, reverse=True)
+        todo = sorted((c for c in cells if not is_current(store, c)), key=_cost_hint, reverse=True)
         summary = RunSummary(total=len(cells), skipped=len(cells) - len(todo))
         progress.start(len(cells), f"{config.name}")
         if summary.skipped:
@@ -104,10 +135,7 @@ def _cost_hint(cell: Cell) -> float:
     """The method's rough cost estimate for the cell (0 when the method cannot be built): the
     runner starts expensive cells first, so parallel workers finish close together."""
     try:
-        from cmhash.methods.registry import get_method
-
-        method = get_method(cell.method.name, preset=cell.method.preset, **cell.method.hparams)
-        return float(method.cost_hint(cell.bits))
+        return float(cell_method(cell).cost_hint(cell.bits))
     except (ImportError, ValueError, TypeError):
         return 0.0
 
@@ -178,16 +206,11 @@ def run_cell_safely(cell: Cell) -> dict[str, Any]:
 
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Build the cell's data, train, measure; return the record (the store adds the key)."""
-    from cmhash.methods.registry import get_method
-
     missing = method_availability(cell.method.name)
     if missing is not None:
         raise RuntimeError(f"method '{cell.method.name}' is not available here ({missing})")
     data = cell_data(cell)
-    hparams = dict(cell.method.hparams)
-    if "batch_size" in dict(cell.scenario):
-        hparams["batch_size"] = dict(cell.scenario)["batch_size"]
-    method = get_method(cell.method.name, preset=cell.method.preset, **hparams)
+    method = cell_method(cell)
     model = method.fit(data.train, cell.bits, seed=cell.seed)
     measured = measure(model, data, cell.evaluation, seed=cell.seed)
     return {

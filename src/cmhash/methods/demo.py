@@ -1,4 +1,4 @@
-"""DEMO: Distribution-based Structure Mining with Consistency Learning (Tu et al., ICLR 2024), unsupervised.
+"""DEMO: A Statistical Perspective for Efficient Image-Text Matching (Zhang, Hua, Chen, Luo, NAACL 2024), unsupervised.
 
 No public code; every step follows ``papers/DEMO.txt`` and METHODS.md.
 
@@ -20,7 +20,10 @@ Structure mining (Sec. 3.2), once before training:
 Consistency learning (Sec. 3.3), per batch of relaxed codes b = tanh(.) (*decision*: means
 over pairs/items instead of sums, unit weights):
 
-- L_gui (Eq. 12) = sum over (v,v), (t,t), (v,t) of mean (cos(b_i^e1, b_j^e2) - S_ij)^2;
+- L_gui (Eq. 12) = sum over e1, e2 in {v, t} of mean (cos(b_i^e1, b_j^e2) - S_ij)^2: four ordered
+  terms (v,v), (v,t), (t,v), (t,t), so the image-text term counts twice (paper, Eq. 12:
+  ``gui_terms="ordered"``, the default); ``gui_terms="unordered"`` = (v,v), (t,t), (v,t) once each
+  (this library's reading before issue 11);
 - L_ret (Eq. 13-16) = mean_i KL(sharpen(p_i^I2T) || p_i^T2I) + KL(sharpen(p_i^T2I) || p_i^I2T),
   p = softmax of cosine similarities over the batch (*decision*), sharpen(p) = p^(1/T) / sum
   with T = 0.25, the sharpened target detached;
@@ -113,9 +116,19 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
 
 
-def guided_consistency(bv: torch.Tensor, bt: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Eq. 12: sum over (v,v), (t,t), (v,t) of the mean of (cos(b_i^e1, b_j^e2) - S_ij)^2."""
-    return sum(((cosine_matrix(x, y) - s) ** 2).mean() for x, y in ((bv, bv), (bt, bt), (bv, bt)))
+#: the (e1, e2) modality pairs of Eq. 12's inner sum, per reading
+GUI_TERMS = {
+    "ordered": (("v", "v"), ("v", "t"), ("t", "v"), ("t", "t")),   # e1, e2 in {v, t} (the paper)
+    "unordered": (("v", "v"), ("t", "t"), ("v", "t")),             # the image-text term once
+}
+
+
+def guided_consistency(bv: torch.Tensor, bt: torch.Tensor, s: torch.Tensor, terms: str = "ordered") -> torch.Tensor:
+    """Eq. 12: sum over the (e1, e2) of ``GUI_TERMS[terms]`` of the mean of (cos(b_i^e1, b_j^e2) - S_ij)^2."""
+    if terms not in GUI_TERMS:
+        raise ValueError(f"gui_terms must be one of {sorted(GUI_TERMS)}, got {terms!r}")
+    b = {"v": bv, "t": bt}
+    return sum(((cosine_matrix(b[e1], b[e2]) - s) ** 2).mean() for e1, e2 in GUI_TERMS[terms])
 
 
 def sharpen(p: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -163,6 +176,7 @@ class DEMO(DeepHashingMethod):
         "alpha": 0.5,               # Eq. 11
         "sharpen_T": 0.25,          # Eq. 15
         "gamma": 1.5,               # Eq. 17
+        "gui_terms": "ordered",     # Eq. 12: (v,t) and (t,v) both ("unordered": once)
         "distribution": True,       # False: w/o D (the original feature as the only view)
         "retrieval": True,          # False: w/o R
         "sharpening": True,         # False: w/o S
@@ -179,6 +193,8 @@ class DEMO(DeepHashingMethod):
             raise ValueError("demo: set exactly one of 'tau' (a value) and 'tau_quantile' (in (0, 1))")
         if h["tau_quantile"] is not None and not 0 < h["tau_quantile"] < 1:
             raise ValueError(f"demo: 'tau_quantile' must be in (0, 1), got {h['tau_quantile']!r}")
+        if h["gui_terms"] not in GUI_TERMS:
+            raise ValueError(f"demo: 'gui_terms' must be one of {sorted(GUI_TERMS)}, got {h['gui_terms']!r}")
         if int(h["views"]) != h["views"] or h["views"] < 1:
             raise ValueError(f"demo: 'views' must be a positive integer, got {h['views']!r}")
         if not (0 <= h["aug_dropout"] < 1 and h["aug_noise"] >= 0 and 0 <= h["alpha"] <= 1
@@ -224,7 +240,7 @@ class DEMO(DeepHashingMethod):
         h = ctx.hparams
         bv, bt = codes["image"], codes["text"]
         s = self.batch_structure(ctx, batch.index)
-        l_gui = guided_consistency(bv, bt, s)
+        l_gui = guided_consistency(bv, bt, s, h["gui_terms"])
         l_co = co_occurrence(bv, bt, h["gamma"])
         loss = l_gui + l_co
         logs = {"gui": float(l_gui.detach()), "co": float(l_co.detach()),

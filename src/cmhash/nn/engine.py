@@ -15,7 +15,10 @@ A deep method subclasses :class:`DeepHashingMethod` and implements :meth:`~DeepH
 - seeded data order, initialisation and sampling (``torch.random.fork_rng``; the caller's global
   RNG state is left untouched), Adam with an optional cosine schedule, CPU or GPU (``device``);
 - progress (epoch, losses, validation mAP) through :class:`cmhash.progress.Progress`;
-- :class:`DeepHashModel`: sign of the selected networks' outputs, saved as plain arrays.
+- :class:`DeepHashModel`: sign of the selected networks' outputs, saved as plain arrays;
+- ``record["diagnostics"]`` of every run (labels never used): distinct codes and mean |bit mean|
+  per modality on the training set (:func:`code_diagnostics`), the selected epoch and how it was
+  selected, plus whatever a method puts in ``ctx.state["record"]["diagnostics"]``.
 
 :class:`LossPlugin` is an extra loss with the same hooks that can be attached to any deep method
 (e.g. DGHDGH's hard-negative generation on the plain baseline or on IDGH).
@@ -112,7 +115,9 @@ class TrainContext:
     """What a method's hooks see: networks, data, device, epoch, and a scratch ``state`` dict.
 
     Whatever a method puts in ``state["record"]`` (a JSON-ready dict) is added to the model's
-    record under its own keys.
+    record under its own keys; its ``state["record"]["diagnostics"]`` (a dict) is merged into the
+    engine's ``record["diagnostics"]`` instead (numeric scalars there show in reports as
+    ``diag:<name>``).
     """
 
     networks: HashNetworks
@@ -367,7 +372,15 @@ class DeepHashingMethod(_Hooks, HashingMethod, metaclass=abc.ABCMeta):
         else:
             selected, selection = epochs_run - 1, "last epoch (no validation split)"
         model = DeepHashModel(networks=networks, method=self.name, bits=bits, hparams=self.hparams)
-        model.record = {"training": {
+        method_record = dict(ctx.state.get("record", {}))
+        diagnostics = {
+            **code_diagnostics(networks, train),
+            "best_epoch": selected,
+            "selection": selection,
+            "best_val_map": None if best["state"] is None else best["map"],
+            **method_record.pop("diagnostics", {}),  # a method's own diagnostics (scalars or dicts)
+        }
+        model.record = {"diagnostics": diagnostics, "training": {
             "selected_epoch": selected,
             "selection": selection,
             "best_val_map": None if best["state"] is None else best["map"],
@@ -379,8 +392,26 @@ class DeepHashingMethod(_Hooks, HashingMethod, metaclass=abc.ABCMeta):
             "device": str(device),
             "history": history,
         }}
-        model.record.update(ctx.state.get("record", {}))  # what the method chose to record
+        model.record.update(method_record)  # what the method chose to record
         return model
+
+
+def code_diagnostics(networks: HashNetworks, data: CrossModalDataset) -> dict[str, Any]:
+    """Label-free health of the selected networks' codes on ``data`` (the whole training set,
+    which is the database under the ``dcgh`` protocol and WIKI-RoPH's shipped split).
+
+    Per modality: ``unique_codes_<m>`` = number of distinct codes (collapse shows as few),
+    ``unique_share_<m>`` = that over the number of items, ``bit_mean_abs_<m>`` = mean over bits of
+    |mean over items of the bit in {-1, +1}| (0 = every bit balanced, 1 = every bit constant).
+    """
+    out: dict[str, Any] = {"diagnostic_items": len(data)}
+    for m in MODALITIES:
+        codes = sign(networks.outputs(m, data.features(m).astype(np.float32, copy=False)).cpu().numpy())
+        unique = len(np.unique(np.packbits(codes > 0, axis=1), axis=0)) if len(codes) else 0
+        out[f"unique_codes_{m}"] = int(unique)
+        out[f"unique_share_{m}"] = round(unique / max(len(codes), 1), 6)
+        out[f"bit_mean_abs_{m}"] = round(float(np.abs(codes.mean(axis=0, dtype=np.float64)).mean()), 6) if len(codes) else None
+    return out
 
 
 def split_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

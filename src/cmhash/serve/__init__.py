@@ -1,5 +1,11 @@
-"""HTTP search over a saved model and a Hamming index (stdlib http.server; see docs/index.md)."""
+"""The search service: :class:`SearchService` (the logic, plain Python), served over HTTP by a
+FastAPI app on uvicorn (``cmhash.serve.app`` / ``cmhash.serve.server``, the ``serve`` extra).
+See docs/service.md."""
 
-from cmhash.serve.app import RequestError, SearchService, load_service, make_server, resolve_model_path
+from cmhash.serve.limits import Limits, ServiceError
+from cmhash.serve.service import SearchService, load_service, resolve_model_path
+from cmhash.serve.store import ItemStore
 
-__all__ = ["SearchService", "RequestError", "make_server", "load_service", "resolve_model_path"]
+RequestError = ServiceError  # the first version's name
+
+__all__ = ["SearchService", "ServiceError", "RequestError", "Limits", "ItemStore", "load_service", "resolve_model_path"]

@@ -1,226 +1,259 @@
-"""A small HTTP search service over a saved model and a Hamming index (stdlib only).
+"""The HTTP face of :class:`SearchService`: a FastAPI app (``create_app``), run by uvicorn (server.py).
 
-:class:`SearchService` holds the logic (validate a JSON request, encode, search) and is usable
-without HTTP; :func:`make_server` wraps it in a ``ThreadingHTTPServer``. Endpoints (JSON in, JSON
-out; docs/index.md has examples):
+Endpoints (JSON in and out; docs/service.md has curl and Python examples, /docs the OpenAPI UI):
 
-- ``GET /health`` -> ``{"status": "ok"}``
-- ``GET /info`` -> model, index and limits
-- ``POST /encode`` ``{"modality", "features"}`` -> packed codes as hex strings
-- ``POST /search`` ``{"modality", "features" | "codes", "k" | "radius"}`` -> ids and distances
+- ``GET /health``, ``GET /info``, ``GET /metrics`` (Prometheus text)
+- ``POST /encode``, ``POST /search``
+- ``POST /items`` (add or upsert a batch), ``GET /items/{id}``, ``DELETE /items/{id}``,
+  ``POST /items/delete`` (a batch)
+
+:class:`Guard` wraps the app (pure ASGI): it bounds the body size and the time of a whole request
+(receiving, working, answering), counts requests for /metrics, and turns any failure into the one
+error shape ``{"error": message, "code": code, "status": status}``. The work of a request runs in
+a worker thread so that the event loop keeps answering small requests beside a heavy one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+import time
 from typing import Any
-from urllib.parse import urlsplit
 
-import numpy as np
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cmhash.codes import PackedCodes
-from cmhash.data.dataset import MODALITIES
-from cmhash.index import HammingIndex
-from cmhash.methods.base import HashModel
+from cmhash.serve import schemas
+from cmhash.serve.auth import ApiKeys
+from cmhash.serve.limits import ServiceError, error_body, parse_json
+from cmhash.serve.metrics import Metrics
+from cmhash.serve.service import SearchService
 
 log = logging.getLogger("cmhash.serve")
 
-MAX_BODY_BYTES = 32 * 2**20
+ROUTES = ("/health", "/info", "/metrics", "/encode", "/search", "/items", "/items/delete", "/docs", "/openapi.json")
 
 
-class RequestError(ValueError):
-    """A bad request: reported to the client as HTTP 400 with this message."""
+def _json_bytes(body: Any) -> bytes:
+    return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
 
 
-def resolve_model_path(path: str | Path) -> Path:
-    """A model file, or a folder holding ``model.npz`` (or exactly one ``.npz``)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if (path / "model.npz").is_file():
-            return path / "model.npz"
-        found = sorted(path.glob("*.npz"))
-        if len(found) == 1:
-            return found[0]
-        raise ValueError(
-            f"{path}: a model folder must hold model.npz or exactly one .npz file, found "
-            f"{[p.name for p in found] or 'none'}"
-        )
-    raise FileNotFoundError(f"{path}: no such model file or folder")
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_json_bytes(body), status_code=status, media_type="application/json", headers=headers)
 
 
-class SearchService:
-    """Encode query features with ``model`` and search ``index`` (database codes of one modality).
+def create_app(service: SearchService, api_keys: ApiKeys | None = None) -> "Guard":
+    """The ASGI app serving ``service``; ``api_keys`` None means no keys (reads open, writes refused)."""
+    limits = service.limits
+    metrics = Metrics()
+    app = FastAPI(title="cmhash search service", version="2",
+                  description="Cross-modal Hamming search over binary codes. See docs/service.md.")
 
-    ``max_queries`` and ``max_k`` bound the work a single request can ask for.
-    """
+    # ------------------------------------------------------------- auth + errors
+    def authorize(request: Request, scope: str) -> None:
+        needed = scope == "write" or (api_keys is not None and api_keys.any_read)
+        if not needed:
+            return
+        header = request.headers.get("authorization", "")
+        method, _, token = header.partition(" ")
+        if method.lower() != "bearer" or not token.strip():
+            raise ServiceError(401, "unauthorized", f"this endpoint needs a {scope} key: Authorization: Bearer KEY")
+        found = None if api_keys is None else api_keys.scope_of(token.strip())
+        if found is None:
+            raise ServiceError(401, "unauthorized", "unknown API key")
+        if scope == "write" and found != "write":
+            raise ServiceError(403, "forbidden", "this key may only read; writes need a write key")
 
-    def __init__(self, model: HashModel, index: HammingIndex, *, max_queries: int = 1024, max_k: int = 10_000):
-        if model.bits != index.nbits:
-            raise ValueError(f"the model encodes {model.bits}-bit codes but the index holds {index.nbits}-bit codes")
-        self.model = model
-        self.index = index
-        self.max_queries = int(max_queries)
-        self.max_k = int(max_k)
-        self._encode_lock = threading.Lock()  # models are not promised to be thread-safe
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> Response:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return json_response(exc.body(), exc.status, headers)
 
-    # ------------------------------------------------------------ endpoints
-    def info(self) -> dict[str, Any]:
-        return {
-            "model": {"method": self.model.method, "bits": self.model.bits, "hparams": self.model.hparams},
-            "index": {"size": len(self.index), "nbits": self.index.nbits, "kernel": self.index.kernel,
-                      "info": self.index.info},
-            "limits": {"max_queries": self.max_queries, "max_k": self.max_k, "max_body_bytes": MAX_BODY_BYTES},
-            "ranking": "Hamming distance ascending, ties by index insertion order",
-        }
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = f"no endpoint {request.url.path}" if exc.status_code == 404 else (
+            f"{request.method} is not allowed on {request.url.path}" if exc.status_code == 405 else str(exc.detail))
+        return json_response(error_body(exc.status_code, code, message), exc.status_code, exc.headers)
 
-    def encode(self, request: Any) -> dict[str, Any]:
-        codes = self._encode(self._as_object(request, {"modality", "features"}))
-        return {"nbits": codes.nbits, "codes": [row.tobytes().hex() for row in codes.data]}
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return json_response(error_body(422, "invalid_request", str(exc.errors())), 422)
 
-    def search(self, request: Any) -> dict[str, Any]:
-        req = self._as_object(request, {"modality", "features", "codes", "k", "radius"})
-        if ("features" in req) == ("codes" in req):
-            raise RequestError("give exactly one of 'features' (with 'modality') or 'codes' (hex strings)")
-        if ("k" in req) == ("radius" in req):
-            raise RequestError("give exactly one of 'k' (top-k search) or 'radius' (Hamming ball search)")
-        query = self._encode(req) if "features" in req else self._codes(req["codes"])
-        if "k" in req:
-            k = self._int(req["k"], "k", 1, self.max_k)
-            ids, dist = self.index.search(query, k)
-            results = [{"ids": i.tolist(), "distances": d.tolist()} for i, d in zip(ids, dist)]
-        else:
-            radius = self._int(req["radius"], "radius", 0, self.index.nbits)
-            results = [{"ids": i.tolist(), "distances": d.tolist()} for i, d in self.index.range_search(query, radius)]
-        return {"results": results}
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> Response:
+        return json_response(error_body(500, "internal", "internal error (see the server log)"), 500)
 
-    # ----------------------------------------------------------- validation
-    @staticmethod
-    def _as_object(request: Any, allowed: set[str]) -> dict[str, Any]:
-        if not isinstance(request, dict):
-            raise RequestError(f"the request body must be a JSON object, got {type(request).__name__}")
-        unknown = sorted(set(request) - allowed)
-        if unknown:
-            raise RequestError(f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-        return request
+    workers: list[anyio.CapacityLimiter | None] = [None]  # made on first use, inside the event loop
 
-    @staticmethod
-    def _int(value: Any, name: str, low: int, high: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise RequestError(f"'{name}' must be an integer in [{low}, {high}], got {value!r}")
-        return value
+    async def body_of(request: Request) -> Any:
+        return parse_json(await request.body(), limits.max_json_depth)
 
-    def _rows(self, value: Any, name: str) -> list:
-        if not isinstance(value, list) or not value:
-            raise RequestError(f"'{name}' must be a non-empty list (one entry per query)")
-        if len(value) > self.max_queries:
-            raise RequestError(f"'{name}' has {len(value)} queries; at most {self.max_queries} per request")
-        return value
+    async def call(request: Request, scope: str, method: Any, *args: Any) -> Response:
+        if scope == "write" or request.url.path.startswith("/items/"):
+            service.require_store()  # a read-only service says so before asking for a key
+        authorize(request, scope)
+        if request.method == "POST":
+            args = (await body_of(request), *args)
+        # The work runs in a worker thread: the scan kernel releases the GIL, so the event loop keeps
+        # reading and answering other connections meanwhile (answering small searches on the loop
+        # itself measured half the throughput: benchmarks/bench_serve.py).
+        # A read past the request timeout is abandoned (answered 503; its thread finishes in the
+        # background, still holding its heavy slot); a write is waited for, so that its reply says
+        # whether it was committed.
+        if workers[0] is None:
+            workers[0] = anyio.CapacityLimiter(limits.worker_threads)
+        data = await anyio.to_thread.run_sync(lambda: _json_bytes(method(*args)), abandon_on_cancel=scope == "read",
+                                              limiter=workers[0])
+        return Response(data, media_type="application/json")
 
-    def _encode(self, req: dict[str, Any]) -> PackedCodes:
-        modality = req.get("modality")
-        if modality not in MODALITIES:
-            raise RequestError(f"'modality' must be one of {list(MODALITIES)}, got {modality!r}")
-        rows = self._rows(req.get("features"), "features")
+    # ----------------------------------------------------------------- routes
+    @app.get("/health", tags=["status"], responses={200: {"model": schemas.Health}})
+    async def health() -> Response:
+        """Liveness: answers without a key."""
+        return json_response({"status": "ok"})
+
+    @app.get("/info", tags=["status"])
+    async def info(request: Request) -> Response:
+        """The model, indexes (sizes, backends), store and limits."""
+        return await call(request, "read", service.info)
+
+    @app.get("/metrics", tags=["status"], response_class=Response)
+    async def metrics_text(request: Request) -> Response:
+        """Prometheus text: requests and errors per route and status, latency histogram, index sizes."""
+        authorize(request, "read")
+        sizes = {m: len(ix) for m, ix in service.indexes.items()}
+        return Response(metrics.render(sizes), media_type="text/plain; version=0.0.4")
+
+    @app.post("/encode", tags=["search"], openapi_extra=schemas.body(schemas.EncodeRequest),
+              responses={200: {"model": schemas.EncodeResponse}})
+    async def encode(request: Request) -> Response:
+        """Encode features of one modality into packed codes (hex strings)."""
+        return await call(request, "read", service.encode)
+
+    @app.post("/search", tags=["search"], openapi_extra=schemas.body(schemas.SearchRequest),
+              responses={200: {"model": schemas.SearchResponse}})
+    async def search(request: Request) -> Response:
+        """Top-k (``k``) or Hamming-ball (``radius``) search of a target modality's index."""
+        return await call(request, "read", service.search)
+
+    @app.post("/items", tags=["items"], openapi_extra=schemas.body(schemas.ItemsRequest),
+              responses={200: {"model": schemas.ItemsResponse}})
+    async def put_items(request: Request) -> Response:
+        """Add a batch of items (``"upsert": true``: add or replace); answered after the commit."""
+        return await call(request, "write", service.put_items)
+
+    @app.post("/items/delete", tags=["items"], openapi_extra=schemas.body(schemas.DeleteRequest),
+              responses={200: {"model": schemas.DeleteResponse}})
+    async def delete_items(request: Request) -> Response:
+        """Delete a batch of ids (unknown ids are ignored; ``removed`` counts the others)."""
+        return await call(request, "write", service.delete_items)
+
+    @app.get("/items/{item_id}", tags=["items"], responses={200: {"model": schemas.ItemResponse}})
+    async def get_item(request: Request, item_id: str) -> Response:
+        """One stored item: its codes (hex) and payload."""
+        return await call(request, "read", service.get_item, item_id)
+
+    @app.delete("/items/{item_id}", tags=["items"], responses={200: {"model": schemas.DeleteResponse}})
+    async def delete_item(request: Request, item_id: str) -> Response:
+        """Delete one item (404 when absent)."""
+        return await call(request, "write", service.delete_item, item_id)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(schemas.components())
+            spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            spec["security"] = [{"bearer": []}, {}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return Guard(app, service, metrics)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    """ASGI wrapper: body-size limit, whole-request timeout, error shape, metrics."""
+
+    def __init__(self, app: FastAPI, service: SearchService, metrics: Metrics):
+        self.app = app
+        self.service = service
+        self.metrics = metrics
+        self.limits = service.limits
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        state = {"status": 0, "started": False, "body_done": False, "received": 0, "guard_replied": False}
+        max_body = self.limits.max_body_bytes
+
+        async def guarded_receive() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                state["received"] += len(message.get("body", b""))
+                if state["received"] > max_body:
+                    await fail(413, "too_large", f"request body over {max_body} bytes")
+                    raise _BodyTooLarge
+                if not message.get("more_body", False):
+                    state["body_done"] = True
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            if state["guard_replied"]:
+                return  # the guard has answered; whatever the app sends after is dropped
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                state["status"] = message["status"]
+            await send(message)
+
+        async def fail(status: int, code: str, message: str) -> None:
+            if state["started"]:
+                return  # too late for an error reply: the server closes the connection
+            data = json.dumps(error_body(status, code, message)).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+            if status in (408, 413):
+                headers.append((b"connection", b"close"))
+            await guarded_send({"type": "http.response.start", "status": status, "headers": headers})
+            state["guard_replied"] = True
+            await send({"type": "http.response.body", "body": data})
+
+        length = dict(scope["headers"]).get(b"content-length")
         try:
-            x = np.asarray(rows, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise RequestError(f"'features' must be a list of equal-length lists of numbers ({exc})") from None
-        try:
-            with self._encode_lock:
-                return self.model.encode(modality, x)
-        except ValueError as exc:  # the model's own check: dimension, NaN/inf
-            raise RequestError(str(exc)) from None
-
-    def _codes(self, value: Any) -> PackedCodes:
-        rows = self._rows(value, "codes")
-        nbytes = (self.index.nbits + 7) // 8
-        try:
-            data = np.array([bytearray.fromhex(r) for r in rows], dtype=np.uint8)
-        except (TypeError, ValueError):
-            raise RequestError("'codes' must be hex strings of packed codes (as /encode returns)") from None
-        if data.ndim != 2 or data.shape[1] != nbytes:
-            raise RequestError(f"'codes' must be {nbytes}-byte hex strings for {self.index.nbits}-bit codes")
-        try:
-            return PackedCodes(data, self.index.nbits)
-        except ValueError as exc:
-            raise RequestError(str(exc)) from None
-
-
-def _handler(service: SearchService, quiet: bool) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "cmhash"
-        timeout = 30  # seconds a client may take to send its request
-
-        @property
-        def route(self) -> str:
-            return urlsplit(self.path).path  # without a query string
-
-        def do_GET(self) -> None:
-            routes = {"/health": lambda: {"status": "ok"}, "/info": service.info}
-            if self.route in routes:
-                self._reply(HTTPStatus.OK, routes[self.route]())
-            elif self.route in ("/encode", "/search"):
-                self._reply(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"{self.route} takes POST"})
+            if length is not None and int(length) > max_body:
+                await fail(413, "too_large", f"request body of {int(length)} bytes; at most {max_body}")
             else:
-                self._reply(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.route}"})
-
-        def do_POST(self) -> None:
-            routes = {"/encode": service.encode, "/search": service.search}
-            if self.route not in routes:
-                status = HTTPStatus.METHOD_NOT_ALLOWED if self.route in ("/health", "/info") else HTTPStatus.NOT_FOUND
-                self._reply(status, {"error": f"no POST endpoint {self.route}"})
-                return
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "a Content-Length header is required"})
-                return
-            if not 0 <= length <= MAX_BODY_BYTES:
-                self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                            {"error": f"request body of {length} bytes; at most {MAX_BODY_BYTES}"})
-                return
-            try:
-                request = json.loads(self.rfile.read(length))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                self._reply(HTTPStatus.BAD_REQUEST, {"error": f"the body is not valid JSON: {exc}"})
-                return
-            try:
-                self._reply(HTTPStatus.OK, routes[self.route](request))
-            except RequestError as exc:
-                self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-            except Exception:  # noqa: BLE001 - report, keep serving, leak no internals
-                log.exception("error while serving %s", self.route)
-                self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error (see the server log)"})
-
-        def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-            if not quiet:
-                super().log_message(format, *args)
-
-    return Handler
+                await asyncio.wait_for(self.app(scope, guarded_receive, guarded_send), self.limits.request_timeout)
+        except _BodyTooLarge:
+            pass  # answered 413 by guarded_receive
+        except (asyncio.TimeoutError, TimeoutError):
+            if state["body_done"] or scope["method"] in ("GET", "HEAD", "DELETE"):
+                await fail(503, "timeout", f"the request took over {self.limits.request_timeout} s")
+            else:
+                await fail(408, "timeout", f"the request body was not received within {self.limits.request_timeout} s")
+        except Exception:  # noqa: BLE001 - answer JSON, keep serving, leak no internals
+            log.exception("error while serving %s %s", scope["method"], scope["path"])
+            await fail(500, "internal", "internal error (see the server log)")
+        finally:
+            self.metrics.observe(scope["method"], _route(scope["path"]), state["status"] or 499,
+                                 time.perf_counter() - start)
 
 
-def make_server(service: SearchService, host: str = "127.0.0.1", port: int = 8000, *, quiet: bool = False) -> ThreadingHTTPServer:
-    """A threading HTTP server for ``service`` (``port=0`` picks a free port: ``server.server_address``)."""
-    server = ThreadingHTTPServer((host, port), _handler(service, quiet))
-    server.daemon_threads = True
-    return server
-
-
-def load_service(model_path: str | Path, index_path: str | Path, **limits: Any) -> SearchService:
-    """A service over ``HashModel.load(model_path)`` (file or folder) and ``HammingIndex.load(index_path)``."""
-    return SearchService(HashModel.load(resolve_model_path(model_path)), HammingIndex.load(index_path), **limits)
+def _route(path: str) -> str:
+    """The route a path belongs to (unknown paths pooled, so /metrics stays small)."""
+    if path in ROUTES:
+        return path
+    if path.startswith("/items/"):
+        return "/items/{id}"
+    return "other"
