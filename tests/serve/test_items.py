@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cmhash.cli import app
 from cmhash.codes import hamming_distances
 from cmhash.data.synthetic import make_synthetic
-from serve_process import READ_KEY, WRITE_KEY, linear_model, running, write_keys
+from serve_process import READ_KEY, WRITE_KEY, linear_model, running, wait_gone, write_keys
 
 httpx = pytest.importorskip("httpx", reason="the service needs the serve extra: pip install 'cmhash[serve]'")
 pytest.importorskip("fastapi", reason="the service needs the serve extra")
@@ -106,11 +106,13 @@ def test_writes_need_a_write_key_even_without_keys(setup):
     assert "no write key" in "".join(srv.stderr)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_kill_9_during_writes_loses_no_acknowledged_write_and_applies_no_half_write(setup, tmp_path, seed):
+@pytest.mark.parametrize("seed,backend", [(0, "memory"), (1, "memory"), (0, "milvus")])
+def test_kill_9_during_writes_loses_no_acknowledged_write_and_applies_no_half_write(setup, tmp_path, seed, backend):
     folder, _, _, keys = setup
     store = tmp_path / "crash.db"
-    args = ["--store", str(store), "--bits", "16", "--api-keys", str(keys)]
+    args = ["--store", str(store), "--bits", "16", "--api-keys", str(keys), "--backend", backend]
+    if backend == "milvus":  # the store is a Milvus Lite collection (tests/serve/test_milvus_service.py)
+        pytest.importorskip("milvus_lite", reason="the milvus extra is not installed: pip install 'cmhash[milvus]'")
     rng = random.Random(seed)
     acked: list[int] = []
     sent: list[int] = []
@@ -167,6 +169,8 @@ def test_kill_9_during_writes_loses_no_acknowledged_write_and_applies_no_half_wr
         assert len(payload_of) == 25 * sum(present.values())  # nothing else was stored
         info = http.get("/info").json()
         assert info["indexes"]["image"]["size"] == len(payload_of) == info["store"]["items"]
+    if backend == "milvus":
+        assert not wait_gone(tmp_path), "a Milvus Lite server outlived its killed or stopped service"
 
 
 def test_cli_search_and_encode_local_and_remote(setup, tmp_path):

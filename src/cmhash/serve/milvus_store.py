@@ -24,7 +24,7 @@ import numpy as np
 from cmhash.data.dataset import MODALITIES
 from cmhash.index.milvus import MAX_STR_ID, MilvusIndex, _pymilvus
 from cmhash.serve.service import SearchService
-from cmhash.serve.store import Item, _id_kind
+from cmhash.serve.store import Item, _id_kind, check_items
 
 RANKING = "Hamming distance ascending; ties within a distance in Milvus's order (not insertion order)"
 
@@ -97,16 +97,11 @@ class MilvusItemStore:
         nothing is written."""
         if not items:
             return 0, 0
-        kind = _id_kind(items[0].id)
+        kind = check_items(items, self.nbytes)
         for item in items:
-            if _id_kind(item.id) != kind:
-                raise ValueError("ids: mix of integer and string ids in one request; use one kind")
             if kind == "str" and (len(item.id.encode()) > MAX_STR_ID or (self._main.lite and "'" in item.id)):
                 raise ValueError(f"id {item.id[:40]!r}: string ids are at most {MAX_STR_ID} bytes"
                                  + (" and, on Milvus Lite, without a single quote" if self._main.lite else ""))
-            for m, code in item.codes.items():
-                if code is not None and len(code) != self.nbytes:
-                    raise ValueError(f"item {item.id!r}: {m} code of {len(code)} bytes, expected {self.nbytes}")
             if item.payload is not None:
                 json.dumps(item.payload, allow_nan=False)
         stored_kind = self.id_kind
