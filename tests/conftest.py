@@ -61,3 +61,26 @@ def _torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def milvus_child_pids() -> set[int]:
+    """Pids of this process's children named milvus (the Milvus Lite server of a MilvusIndex)."""
+    import glob
+
+    me, found = os.getpid(), set()
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = Path(stat).read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        if ppid == me and "milvus" in comm:
+            found.add(int(stat.split("/")[2]))
+    return found
+
+
+@pytest.fixture(scope="session")
+def milvus_children():
+    """The function listing this process's Milvus Lite server pids (tests check none is left)."""
+    return milvus_child_pids

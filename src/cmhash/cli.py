@@ -464,12 +464,23 @@ app.add_typer(index_app, name="index")
 def index_build(
     model: str = typer.Argument(..., help="saved model file, or a folder holding model.npz"),
     dataset: str = typer.Option(..., help="benchmark name, data file or spec (as cmhash.load_dataset takes), or synthetic[:N]"),
-    out: str = typer.Option(..., help="index file to write (.npz)"),
+    out: Optional[str] = typer.Option(None, help="index file to write (.npz; the hamming backend)"),
     modality: str = typer.Option("image", help="modality of the database codes (image or text)"),
     protocol: Optional[str] = typer.Option(None, help="split protocol (default: the benchmark's)"),
     seed: int = typer.Option(0, help="split seed"),
+    backend: str = typer.Option("hamming", help="hamming (an .npz file) or milvus (a Milvus collection)"),
+    uri: Optional[str] = typer.Option(None, help="milvus: a Milvus Lite file (.db) or http://host:19530"),
+    collection: Optional[str] = typer.Option(None, help="milvus: the collection to create"),
+    token: Optional[str] = typer.Option(None, envvar="CMHASH_MILVUS_TOKEN", help="milvus: server token (or $CMHASH_MILVUS_TOKEN)"),
 ) -> None:
-    """Encode a dataset's database split with a saved model and save a HammingIndex of the codes."""
+    """Encode a dataset's database split with a saved model and save a HammingIndex of the codes
+    (or, with --backend milvus, insert them into a new Milvus collection)."""
+    if backend not in ("hamming", "milvus"):
+        fail(f"--backend must be hamming or milvus, got '{backend}'")
+    if backend == "hamming" and not out:
+        fail("--out is required with --backend hamming (the index file to write)")
+    if backend == "milvus" and not (uri and collection):
+        fail("--backend milvus needs --uri (a .db file or http://host:19530) and --collection")
     from cmhash.evaluation import database_codes
     from cmhash.index import HammingIndex
     from cmhash.methods.base import HashModel
@@ -489,12 +500,36 @@ def index_build(
         "split": "database", "split_seed": seed,
         "ids": "dataset ids" if database.ids is not None else "positions in the database split",
     }
+    if backend == "milvus":
+        n = _build_milvus_index(codes, database.ids, info, uri, collection, token)
+        console.print(f"inserted {n} {modality} codes of {codes.nbits} bits into collection {collection} at {uri} ({data.name}, {hash_model.method})")
+        return
     try:
         index = HammingIndex.from_codes(codes, ids=database.ids, info=info)
         index.save(out)
     except (ValueError, OSError) as exc:
         fail(f"cannot build the index: {exc}")
     console.print(f"wrote {out}: {len(index)} {modality} codes of {index.nbits} bits ({data.name}, {hash_model.method})")
+
+
+def _build_milvus_index(codes, ids, info: dict, uri: str, collection: str, token: Optional[str]) -> int:
+    """Insert database codes into a new (or empty) Milvus collection; returns its size."""
+    import numpy as np
+
+    try:
+        from cmhash.index.milvus import MilvusError, MilvusIndex
+    except ImportError as exc:
+        fail(str(exc))
+    ids = np.arange(len(codes), dtype=np.int64) if ids is None else ids
+    try:
+        with MilvusIndex(uri, collection, codes.nbits, token=token, info=info) as index:
+            if len(index):
+                fail(f"collection {collection} at {uri} already holds {len(index)} items: pick a new name or drop it")
+            index.add(codes, ids)
+            index.save()
+            return len(index)
+    except (ValueError, OSError, MilvusError) as exc:
+        fail(f"cannot build the Milvus index: {exc}")
 
 
 # serve / search / encode live in cmhash/serve/cli.py (the HTTP parts import only when they run)

@@ -94,3 +94,34 @@ def running(args: list[str], env: dict[str, str] | None = None):
 def write_keys(path: Path) -> Path:
     path.write_text(f"# test keys\nwrite {WRITE_KEY}\nread {READ_KEY}\n")
     return path
+
+
+def lite_servers(folder: Path) -> list[int]:
+    """Pids of Milvus Lite servers running on a file in ``folder`` (whoever their parent is now:
+    a killed service's server is reparented and stops by itself once it sees its lock released)."""
+    pids = []
+    for cmd in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmd.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"milvus") and any(str(folder).encode() in a for a in args):
+            pids.append(int(cmd.parent.name))
+    return pids
+
+
+def wait_gone(folder: Path, seconds: float = 15) -> list[int]:
+    """The Milvus Lite servers on ``folder`` still running after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while lite_servers(folder) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return lite_servers(folder)
+
+
+def need_backend(backend: str) -> None:
+    """Skip a --backend milvus test without the milvus extra; under CI=true (which installs it) fail."""
+    if backend != "milvus":
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        import milvus_lite  # noqa: F401
+    pytest.importorskip("milvus_lite", reason="the milvus extra is not installed: pip install 'cmhash[milvus]'")

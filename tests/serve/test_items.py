@@ -1,5 +1,6 @@
 """A writable service (`cmhash serve --store`) in a real process: cross-modal items with payloads, API
-keys, restart, and kill -9 in the middle of writes."""
+keys, restart, and kill -9 in the middle of writes; with the in-memory backend and with
+`--backend milvus` (the items in a Milvus Lite collection; its differences are named where checked)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from cmhash.cli import app
 from cmhash.codes import hamming_distances
 from cmhash.data.synthetic import make_synthetic
-from serve_process import READ_KEY, WRITE_KEY, linear_model, running, write_keys
+from serve_process import READ_KEY, WRITE_KEY, linear_model, need_backend, running, wait_gone, write_keys
 
 httpx = pytest.importorskip("httpx", reason="the service needs the serve extra: pip install 'cmhash[serve]'")
 pytest.importorskip("fastapi", reason="the service needs the serve extra")
@@ -39,11 +40,26 @@ def reference(model, image, text, ids, query_text, k):
     return [[ids[j] for j in row] for row in order], np.take_along_axis(d, order, axis=1).tolist()
 
 
-def test_items_search_payloads_auth_and_restart(setup):
+def assert_ranking_rule(hits, ids, dist, k):
+    """What Milvus promises (it ranks ties its own way): per query the k smallest distances, the
+    same ids below the k-th distance, distinct ids of the k-th distance at it."""
+    ids = np.array(ids)
+    for hit, row in zip(hits, dist):
+        got_ids, got_d = np.array(hit["ids"]), np.array(hit["distances"])
+        np.testing.assert_array_equal(got_d, np.sort(row)[:k])
+        kth = got_d[-1]
+        assert set(got_ids[got_d < kth]) == set(ids[row < kth])
+        assert set(got_ids[got_d == kth]) <= set(ids[row == kth]) and len(set(got_ids)) == len(got_ids)
+
+
+@pytest.mark.parametrize("backend", ["memory", "milvus"])
+def test_items_search_payloads_auth_and_restart(setup, backend):
     folder, data, model, keys = setup
-    store = folder / "store.db"
+    need_backend(backend)
+    store = folder / f"store-{backend}.db"  # --backend milvus: a Milvus Lite file holding the items
     db = data.database
-    args = ["--model", str(folder / "model.npz"), "--store", str(store), "--api-keys", str(keys), "--log-level", "debug"]
+    args = ["--model", str(folder / "model.npz"), "--store", str(store), "--api-keys", str(keys), "--log-level", "debug",
+            "--backend", backend]
     with running(args) as srv:
         writer, reader, anonymous = Client(srv.url, WRITE_KEY), Client(srv.url, READ_KEY), Client(srv.url)
         items = [{"id": f"doc{i}", "image": db.image[i], "text": db.text[i], "payload": {"n": i}} for i in range(200)]
@@ -75,7 +91,14 @@ def test_items_search_payloads_auth_and_restart(setup):
         ids = [f"doc{i}" for i in order]
         want_ids, want_d = reference(model, db.image[order], db.text[order], ids, data.query.text[:6], 12)
         hits = reader.search(features=data.query.text[:6], modality="text", k=12)  # target: image (cross-modal)
-        assert [h["ids"] for h in hits] == want_ids and [h["distances"] for h in hits] == want_d
+        dist = hamming_distances(model.encode("text", data.query.text[:6]), model.encode("image", db.image[order]))
+        if backend == "milvus":  # Milvus difference: ties within a distance in Milvus's order
+            assert_ranking_rule(hits, ids, dist, 12)
+            assert "Milvus" in reader.info()["ranking"]
+        else:
+            assert [h["ids"] for h in hits] == want_ids and [h["distances"] for h in hits] == want_d
+        for hit, row in zip(reader.search(features=data.query.text[:2], modality="text", radius=5), dist):
+            assert sorted(hit["ids"]) == sorted(np.array(ids)[row <= 5].tolist())
         payload_of = {f"doc{i}": ({"moved": True} if i < 5 else {"n": i} if i != 5 else None) for i in order}
         assert all(h["payloads"] == [payload_of[i] for i in h["ids"]] for h in hits)
         text_hits = reader.search(codes=reader.encode("image", db.image[:2])["codes"], target="text", k=300)
@@ -89,9 +112,17 @@ def test_items_search_payloads_auth_and_restart(setup):
         log = "".join(srv.stderr)
     assert WRITE_KEY not in log and READ_KEY not in log and "x" * 30 not in log  # keys never logged
 
-    with running(args) as srv, Client(srv.url, READ_KEY) as reader:  # rebuilt from the store
-        assert reader.search(features=data.query.text[:6], modality="text", k=50) == before
+    with running(args) as srv, Client(srv.url, READ_KEY) as reader:  # rebuilt from the store (milvus: it is the store)
+        after = reader.search(features=data.query.text[:6], modality="text", k=50)
+        if backend == "milvus":
+            assert [h["distances"] for h in after] == [h["distances"] for h in before]
+            assert_ranking_rule(after, ids, dist, 50)
+        else:
+            assert after == before
         assert reader.info()["store"]["items"] == 197
+        assert reader.get_item("doc0")["payload"] == {"moved": True}
+    if backend == "milvus":
+        assert not wait_gone(folder), "a Milvus Lite server outlived its stopped service"
 
 
 def test_writes_need_a_write_key_even_without_keys(setup):
@@ -106,11 +137,12 @@ def test_writes_need_a_write_key_even_without_keys(setup):
     assert "no write key" in "".join(srv.stderr)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_kill_9_during_writes_loses_no_acknowledged_write_and_applies_no_half_write(setup, tmp_path, seed):
+@pytest.mark.parametrize("seed,backend", [(0, "memory"), (1, "memory"), (0, "milvus")])
+def test_kill_9_during_writes_loses_no_acknowledged_write_and_applies_no_half_write(setup, tmp_path, seed, backend):
     folder, _, _, keys = setup
     store = tmp_path / "crash.db"
-    args = ["--store", str(store), "--bits", "16", "--api-keys", str(keys)]
+    args = ["--store", str(store), "--bits", "16", "--api-keys", str(keys), "--backend", backend]
+    need_backend(backend)  # milvus: the store is a Milvus Lite collection
     rng = random.Random(seed)
     acked: list[int] = []
     sent: list[int] = []
@@ -167,6 +199,8 @@ def test_kill_9_during_writes_loses_no_acknowledged_write_and_applies_no_half_wr
         assert len(payload_of) == 25 * sum(present.values())  # nothing else was stored
         info = http.get("/info").json()
         assert info["indexes"]["image"]["size"] == len(payload_of) == info["store"]["items"]
+    if backend == "milvus":
+        assert not wait_gone(tmp_path), "a Milvus Lite server outlived its killed or stopped service"
 
 
 def test_cli_search_and_encode_local_and_remote(setup, tmp_path):

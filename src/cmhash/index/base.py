@@ -24,7 +24,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from cmhash.codes import CodesLike
+from cmhash.codes import CodesLike, PackedCodes, as_packed
 
 Payload = dict[str, Any]
 
@@ -121,3 +121,18 @@ def check_payloads(payloads: Sequence[Payload | None] | None, m: int) -> list[Pa
         except (TypeError, ValueError) as exc:
             raise ValueError(f"payloads[{i}] must be JSON-ready (str, numbers, lists, dicts): {exc}") from exc
     return out
+
+
+def check_codes(codes: CodesLike, nbits: int, name: str = "codes") -> PackedCodes:
+    """``codes`` (PackedCodes or a {-1,+1}/{0,1} matrix, one row per code) as ``nbits``-bit PackedCodes."""
+    if not isinstance(codes, PackedCodes):
+        arr = np.asarray(codes)
+        if arr.ndim == 1:
+            raise ValueError(
+                f"{name}: expected a 2-D array (items x {nbits} bits), got a 1-D array of "
+                f"length {arr.shape[0]}; pass one code as a row, e.g. codes[None, :]"
+            )
+        codes = as_packed(arr, name=name)
+    if codes.nbits != nbits:
+        raise ValueError(f"{name} have {codes.nbits} bits but the index holds {nbits}-bit codes")
+    return codes

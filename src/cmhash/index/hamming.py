@@ -18,7 +18,7 @@ import numpy as np
 
 from cmhash.codes import CodesLike, PackedCodes, as_packed
 from cmhash.index import _store, kernels
-from cmhash.index.base import Payload, as_id_array, check_payloads
+from cmhash.index.base import Payload, as_id_array, check_codes, check_payloads
 from cmhash.io import META_KEY, load_arrays
 
 FORMAT = "cmhash-hamming-index"
@@ -145,19 +145,7 @@ class HammingIndex:
         self._n += m
 
     def _check_codes(self, codes: CodesLike, name: str) -> PackedCodes:
-        if isinstance(codes, PackedCodes):
-            packed = codes
-        else:
-            arr = np.asarray(codes)
-            if arr.ndim == 1:
-                raise ValueError(
-                    f"{name}: expected a 2-D array (items x {self._nbits} bits), got a 1-D array of "
-                    f"length {arr.shape[0]}; pass one code as a row, e.g. codes[None, :]"
-                )
-            packed = as_packed(arr, name=name)
-        if packed.nbits != self._nbits:
-            raise ValueError(f"{name} have {packed.nbits} bits but the index holds {self._nbits}-bit codes")
-        return packed
+        return check_codes(codes, self._nbits, name)
 
     def _check_ids(self, ids: Any, m: int) -> np.ndarray | None:
         if ids is None:

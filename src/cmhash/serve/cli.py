@@ -26,7 +26,10 @@ def serve_cmd(
     index: Optional[str] = typer.Option(None, help="read-only: an index file written by `cmhash index build`"),
     store: Optional[str] = typer.Option(None, help="writable: the SQLite item store (created when missing)"),
     bits: Optional[int] = typer.Option(None, help="code length of a --store without --model"),
-    backend: str = typer.Option("memory", help="index of a --store: memory (O(1) writes) or hamming (HammingIndex)"),
+    backend: str = typer.Option("memory", help="index of a --store: memory (O(1) writes), hamming (HammingIndex) or "
+                                "milvus (the store is a Milvus collection: --store is a .db file or http://host:19530)"),
+    collection: str = typer.Option("cmhash_items", help="--backend milvus: the collection holding the items"),
+    milvus_token: Optional[str] = typer.Option(None, envvar="CMHASH_MILVUS_TOKEN", help="--backend milvus: server token"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(8000, help="port to listen on (0: any free port)"),
     api_keys: Optional[str] = typer.Option(None, help="file of 'read KEY' / 'write KEY' lines (else $CMHASH_API_KEYS)"),
@@ -73,10 +76,15 @@ def serve_cmd(
             if hash_model is None:
                 _fail("--index needs --model")
             service = SearchService(hash_model, HammingIndex.load(index), limits=limits)
+        elif backend == "milvus":
+            from cmhash.serve.milvus_store import open_milvus_service
+
+            service = open_milvus_service(store, collection, model=hash_model, nbits=bits, token=milvus_token,
+                                          limits=limits)
         else:
             service = SearchService.open_store(store, model=hash_model, nbits=bits, limits=limits,
                                                index_factory=backend)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:  # RuntimeError: MilvusError
         _fail(str(exc))
     if service.writable and (keys is None or not keys.any_write):
         typer.echo("warning: no write key configured: writes (POST /items, DELETE) will be refused", err=True)

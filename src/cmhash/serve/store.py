@@ -127,13 +127,7 @@ class ItemStore:
         """
         if not items:
             return 0, 0
-        kind = _id_kind(items[0].id)
-        for item in items:
-            if _id_kind(item.id) != kind:
-                raise ValueError("ids: mix of integer and string ids in one request; use one kind")
-            for m, code in item.codes.items():
-                if code is not None and len(code) != self.nbytes:
-                    raise ValueError(f"item {item.id!r}: {m} code of {len(code)} bytes, expected {self.nbytes}")
+        kind = check_items(items, self.nbytes)
         stored_kind = self.id_kind
         if stored_kind is not None and stored_kind != kind:
             raise ValueError(f"ids: this store holds {stored_kind} ids, got {kind} ids")
@@ -183,6 +177,18 @@ class _Transaction:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def check_items(items: Sequence[Item], nbytes: int) -> str:
+    """The id kind ("int" or "str") of a write's items, checked: one kind, codes of ``nbytes`` bytes."""
+    kind = _id_kind(items[0].id)
+    for item in items:
+        if _id_kind(item.id) != kind:
+            raise ValueError("ids: mix of integer and string ids in one request; use one kind")
+        for m, code in item.codes.items():
+            if code is not None and len(code) != nbytes:
+                raise ValueError(f"item {item.id!r}: {m} code of {len(code)} bytes, expected {nbytes}")
+    return kind
 
 
 def _id_kind(item_id: Any) -> str:
