@@ -188,6 +188,10 @@ class _Hooks:
     def on_epoch_end(self, ctx: TrainContext, logs: dict[str, float]) -> None:
         """Called after each epoch's batches with the epoch-mean batch logs."""
 
+    def after_step(self, ctx: TrainContext) -> None:
+        """Called after each batch's hash-network step (e.g. a generator's own step that must
+        follow it, or that uses gradients the main backward left in a separate group)."""
+
 
 class LossPlugin(_Hooks, abc.ABC):
     """An extra loss attachable to any :class:`DeepHashingMethod` (``method.add_plugin``)."""
@@ -337,6 +341,8 @@ class DeepHashingMethod(_Hooks, HashingMethod, metaclass=abc.ABCMeta):
                 main_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 main_opt.step()
+                for hook in hooks:
+                    hook.after_step(ctx)
                 ctx.step += 1
                 for k, v in {"loss": float(loss.detach()), **logs}.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
