@@ -380,13 +380,18 @@ class GlobalSenseSynthesis(LossPlugin):
         if self.own_classifier:  # the host has no classifier CL: train one on detached embeddings (Eq. 12)
             ctx.add_module("dgs_classifier", nn.Linear(ctx.bits, ctx.num_classes), group="dgs_classifier",
                            lr=c["cls_lr"])
-        ctx.state["dgs"] = {"prev_loss": math.inf, "prev_l_go": math.inf}
+        ctx.state["dgs"] = {"prev_loss": math.inf, "prev_l_go": math.inf, **self._fresh_epoch()}
         diag = ctx.state.setdefault("record", {}).setdefault("diagnostics", {})
         for key in ("tau", "gamma_syn", "interpolated", "l_go", "j_r"):
             diag[f"dgs_{key}_per_epoch"] = []
 
+    @staticmethod
+    def _fresh_epoch() -> dict[str, Any]:
+        """The code's running means restart each epoch (its AverageMeters)."""
+        return {"j_r_sum": 0.0, "j_r_n": 0, "l_go_sum": 0.0, "l_go_n": 0}
+
     def on_epoch_start(self, ctx: TrainContext) -> None:
-        ctx.state["dgs"].update(j_r_sum=0.0, j_r_n=0, l_go_sum=0.0, l_go_n=0)
+        ctx.state["dgs"].update(self._fresh_epoch())
 
     def on_epoch_end(self, ctx: TrainContext, logs: dict[str, float]) -> None:
         st = ctx.state["dgs"]
@@ -522,10 +527,10 @@ class GlobalSenseSynthesis(LossPlugin):
             if len(t_a):
                 terms = PairTerms(hu, hv, lam * tau)
                 rho_use = torch.where(use, rho, torch.zeros_like(rho))
-                real_cos = F.cosine_similarity(hu[t_a], hv[t_n], dim=1)
+                real_cos = (F.normalize(hu, dim=1) @ F.normalize(hv, dim=1).T)[t_a, t_n]
                 l_is = (1.0 - torch.where(use, terms.cosine(t_a, t_n, rho_use), real_cos)).mean()      # Eq. 9
                 logits = torch.where(use[:, None], terms.logits(weight, bias, t_a, t_n, rho_use),
-                                     F.linear(hv[t_n], weight, bias))
+                                     F.linear(hv, weight, bias)[t_n])
                 l_sp = multilabel_cross_entropy(logits, labels[t_n])                                   # Eq. 8
             else:
                 l_is = l_sp = lam.sum() * 0.0
