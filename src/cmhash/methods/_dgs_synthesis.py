@@ -31,13 +31,22 @@ class PairTerms:
 
     def cosine(self, t_a: torch.Tensor, t_n: torch.Tensor, rho: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
         """cos(h_a, z_apn) of each triplet (a = t_a, n = t_n, ratio rho)."""
-        num = self.ac[t_a, t_n] + rho * self.av[t_a, t_n]
-        sq = self.cc[t_a, t_n] + 2.0 * rho * self.cv[t_a, t_n] + rho * rho * self.vv[t_a, t_n]
+        pair = t_a * self.c.shape[1] + t_n
+        ac, av, cc, cv, vv = _gather(torch.stack([self.ac, self.av, self.cc, self.cv, self.vv], dim=-1), pair).unbind(1)
+        num = ac + rho * av
+        sq = cc + 2.0 * rho * cv + rho * rho * vv
         return num / (self.anchor_norm[t_a] * sq.clamp_min(eps * eps).sqrt()).clamp_min(eps)
 
     def logits(self, weight: torch.Tensor, bias: torch.Tensor, t_a: torch.Tensor, t_n: torch.Tensor,
                rho: torch.Tensor) -> torch.Tensor:
         """W z_apn + b of each triplet (T x C) for a linear classifier (W: C x K)."""
+        pair = t_a * self.c.shape[1] + t_n
         lc = self.c @ weight.T + bias            # A x N x C
         lv = self.v @ weight.T
-        return lc[t_a, t_n] + rho[:, None] * lv[t_a, t_n]
+        return _gather(lc, pair) + rho[:, None] * _gather(lv, pair)
+
+
+def _gather(pairs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of an (A x N [x D]) tensor flattened over its first two axes. index_select's
+    backward is an index_add (fast on CPU), where 2-D advanced indexing accumulates by sorting."""
+    return pairs.reshape(pairs.shape[0] * pairs.shape[1], *pairs.shape[2:]).index_select(0, index)

@@ -322,6 +322,12 @@ def coefficient_diversity(lam: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     return (1.0 - (var + 1e-12).sqrt()[has_neg]).mean()                     # finite gradient at 0
 
 
+def _row_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row, the cross-entropy of :func:`~cmhash.nn.losses.multilabel_cross_entropy` (its mean)."""
+    target = labels / labels.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
+
+
 def _value(x: torch.Tensor | float) -> float:
     return float(x.detach()) if torch.is_tensor(x) else float(x)
 
@@ -524,16 +530,16 @@ class GlobalSenseSynthesis(LossPlugin):
             hu, hv = emb[u], emb[v]
             rho = self._ratios(torch.cdist(hu, hv).clamp_min(1e-6), pos, t_a, t_p, t_n)
             use = rho < 1.0
-            if len(t_a):
-                terms = PairTerms(hu, hv, lam * tau)
-                rho_use = torch.where(use, rho, torch.zeros_like(rho))
-                real_cos = (F.normalize(hu, dim=1) @ F.normalize(hv, dim=1).T)[t_a, t_n]
-                l_is = (1.0 - torch.where(use, terms.cosine(t_a, t_n, rho_use), real_cos)).mean()      # Eq. 9
-                logits = torch.where(use[:, None], terms.logits(weight, bias, t_a, t_n, rho_use),
-                                     F.linear(hv, weight, bias)[t_n])
-                l_sp = multilabel_cross_entropy(logits, labels[t_n])                                   # Eq. 8
-            else:
-                l_is = l_sp = lam.sum() * 0.0
+            # means over all triplets; where d+ >= d- the real negative stands in (no gradient)
+            syn, real = use.nonzero().squeeze(1), (~use).nonzero().squeeze(1)
+            ta, tn, r = t_a[syn], t_n[syn], rho[syn]
+            terms = PairTerms(hu, hv, lam * tau)
+            real_cos = (F.normalize(hu, dim=1) @ F.normalize(hv, dim=1).T)[t_a[real], t_n[real]]
+            real_ce = _row_cross_entropy(F.linear(hv, weight, bias), labels)[t_n[real]]
+            count = max(len(t_a), 1)
+            l_is = ((1.0 - terms.cosine(ta, tn, r)).sum() + (1.0 - real_cos).sum()) / count            # Eq. 9
+            l_sp = (_row_cross_entropy(terms.logits(weight, bias, ta, tn, r), labels[tn]).sum()
+                    + real_ce.sum()) / count                                                            # Eq. 8
             l_cd = coefficient_diversity(lam, neg)                                                     # Eq. 10
             l_go = l_go + (c["gamma_is"] * l_is + c["gamma_sp"] * l_sp + c["gamma_cd"] * l_cd) / len(GRAPHS)
             if not c["gca_to_codes"]:
