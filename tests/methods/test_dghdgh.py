@@ -514,3 +514,28 @@ def test_same_modality_graph_on_the_triangle_matches_the_dense_graph(edge_to_nod
         assert (gt is None) == (gd is None), name
         if gt is not None:
             assert torch.allclose(gt, gd, atol=1e-10), name
+
+
+def test_engine_calls_after_step_once_per_batch_after_the_hash_step(data):
+    """The engine hook the generation step relies on (cmhash.nn.engine, ``after_step``)."""
+    from cmhash.nn.engine import LossPlugin
+
+    class Probe(LossPlugin):
+        name = "probe"
+        calls: list = []
+
+        def batch_loss(self, ctx, batch, codes):
+            self.seen = [p.detach().clone() for p in ctx.networks.parameters()]
+            return codes["image"].sum() * 0.0, {}
+
+        def after_step(self, ctx):
+            moved = any(not torch.equal(a, b) for a, b in zip(self.seen, ctx.networks.parameters()))
+            self.calls.append((ctx.epoch, ctx.step, moved))
+
+    probe = Probe()
+    get_method("deep-baseline", hidden=[16], epochs=2, batch_size=64, val_fraction=0.0).add_plugin(probe).fit(
+        data.train, 8, seed=0)
+    per_epoch = int(np.ceil(len(data.train) / 64))
+    assert len(probe.calls) == 2 * per_epoch
+    assert [s for _, s, _ in probe.calls] == list(range(2 * per_epoch))   # before ctx.step advances
+    assert all(moved for _, _, moved in probe.calls)                      # the hash step came first

@@ -3,7 +3,8 @@
 A deep method subclasses :class:`DeepHashingMethod` and implements :meth:`~DeepHashingMethod.batch_loss`
 (its maths); optional hooks: :meth:`~DeepHashingMethod.setup` (extra modules, own optimisers),
 :meth:`~DeepHashingMethod.on_epoch_start` (e.g. a pass over the training set),
-:meth:`~DeepHashingMethod.on_epoch_end`. Everything else is here:
+:meth:`~DeepHashingMethod.on_epoch_end`, :meth:`~DeepHashingMethod.after_step` (after each batch's
+hash-network step, e.g. a generator's own step). Everything else is here:
 
 - per-modality :class:`~cmhash.nn.networks.HashNetworks` (depth/width/dropout from ``hidden``,
   ``dropout``; input standardisation from the fitting data);
