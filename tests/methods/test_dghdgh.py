@@ -289,7 +289,8 @@ def test_hash_step_losses_match_the_triplet_loops(options, j_r_mean):
     assert logs["l_syn"] == pytest.approx(want, rel=1e-5)
     if options == {} and j_r_mean == 0.5:   # each reading changes the value here: the test tells them apart
         for key, other in (("d_pos", "hardest"), ("select", "active"), ("normalize", False)):
-            changed = triplet_loss_by_loops(codes, lab, plugin.lam, tau, 0.25, synthetic=True, **{**readings, key: other})
+            changed = triplet_loss_by_loops(codes, lab, plugin.lam, tau, 0.25, synthetic=True,
+                                            **{**readings, key: other})
             assert changed != pytest.approx(want, rel=1e-3), key
 
 

@@ -31,8 +31,8 @@ The schedule. Each reading: the equation, the paper's words, the official code, 
 - tau (Eq. 7): paper "tau = e^{-1/l_avg}, l_avg the average loss from the previous epoch"; code
   ``exp(-alpha / J_avg)``, alpha = 5, J_avg the running mean of the *real triplet loss* J_r over
   the current epoch's batches so far (0 at an epoch's first batch, read as 1e6: tau ~ 1 there;
-  J_r ~ 0.4 gives tau ~ 1e-5 after it: the synthetic negative sits at the positive's distance,
-  the hardest). ``tau_loss="real"`` (code) or ``"total"`` (paper: previous epoch's mean total
+  on WIKI J_r is 0.2-0.3, so tau < 1e-7 after it: the synthetic negative sits at the positive's
+  distance, the hardest). ``tau_loss="real"`` (code) or ``"total"`` (paper: previous epoch's mean total
   loss, tau = 1 in the first epoch); ``alpha`` = 5 (code; the paper writes 1).
 - d+ (Eq. 7): paper d_ap, code ``D_ap`` per triplet (one synthetic negative per triplet).
   ``d_pos="triplet"`` (paper and code) or ``"hardest"`` (the anchor's farthest positive: one
@@ -516,7 +516,8 @@ class GlobalSenseSynthesis(LossPlugin):
         emb, labels, trip = pending["emb"], pending["labels"], pending["trip"]
         if self.own_classifier:   # CL on detached embeddings, its own optimiser (the code's J_cz)
             cls = ctx.modules["dgs_classifier"]
-            ctx.optimizer_step("dgs_classifier", sum(multilabel_cross_entropy(cls(h), labels) for h in emb.values()) / 2)
+            ce = sum(multilabel_cross_entropy(cls(h), labels) for h in emb.values()) / 2
+            ctx.optimizer_step("dgs_classifier", ce)
         else:
             cls = ctx.modules["classifier"]
         weight, bias = cls.weight.detach(), cls.bias.detach()                     # frozen for L_sp (Eq. 8)
