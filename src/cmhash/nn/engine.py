@@ -3,7 +3,8 @@
 A deep method subclasses :class:`DeepHashingMethod` and implements :meth:`~DeepHashingMethod.batch_loss`
 (its maths); optional hooks: :meth:`~DeepHashingMethod.setup` (extra modules, own optimisers),
 :meth:`~DeepHashingMethod.on_epoch_start` (e.g. a pass over the training set),
-:meth:`~DeepHashingMethod.on_epoch_end`. Everything else is here:
+:meth:`~DeepHashingMethod.on_epoch_end`, :meth:`~DeepHashingMethod.after_step` (after each batch's
+hash-network step, e.g. a generator's own step). Everything else is here:
 
 - per-modality :class:`~cmhash.nn.networks.HashNetworks` (depth/width/dropout from ``hidden``,
   ``dropout``; input standardisation from the fitting data);
@@ -193,6 +194,10 @@ class _Hooks:
     def on_epoch_end(self, ctx: TrainContext, logs: dict[str, float]) -> None:
         """Called after each epoch's batches with the epoch-mean batch logs."""
 
+    def after_step(self, ctx: TrainContext) -> None:
+        """Called after each batch's hash-network step (e.g. a generator's own step that must
+        follow it, or that uses gradients the main backward left in a separate group)."""
+
 
 class LossPlugin(_Hooks, abc.ABC):
     """An extra loss attachable to any :class:`DeepHashingMethod` (``method.add_plugin``)."""
@@ -342,6 +347,8 @@ class DeepHashingMethod(_Hooks, HashingMethod, metaclass=abc.ABCMeta):
                 main_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 main_opt.step()
+                for hook in hooks:
+                    hook.after_step(ctx)
                 ctx.step += 1
                 for k, v in {"loss": float(loss.detach()), **logs}.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
