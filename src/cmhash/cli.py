@@ -443,13 +443,16 @@ def report_cmd(
         None, "--out", help="report folder (default: RESULTS/report), or a .md file with its assets beside it"
     ),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="draw the figures (matplotlib)"),
+    config: Optional[str] = typer.Option(
+        None, "--config", help="report against this config instead of the one saved in RESULTS (cells run in parts)"
+    ),
 ) -> None:
     """Write markdown + CSV tables and figures (PNG + SVG) for a results folder."""
-    from cmhash.experiments.config import ConfigError
+    from cmhash.experiments.config import ConfigError, load_config
     from cmhash.experiments.report import write_report
 
     try:
-        path = write_report(results, out, figures=figures)
+        path = write_report(results, out, figures=figures, config=load_config(config) if config else None)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
     console.print(f"report: {path}")

@@ -328,3 +328,14 @@ def test_table_where_takes_one_value_or_a_list():
     assert _matches("HINT", "HINT") and not _matches("HINT V1", "HINT")
     assert _matches("HINT V1", ["HINT", "HINT V1"]) and not _matches("DEMO", ["HINT", "HINT V1"])
     assert _matches(16, [16, 32]) and not _matches(64, [16, 32])
+
+
+def test_report_against_another_config(results, tmp_path):
+    """`cmhash report RESULTS --config C`: tables of C's grid from the cells in RESULTS (cells run
+    in parts under other configs are found by key); the saved config is not used."""
+    text = CONFIG.read_text().replace('label = "CCA-ITQ (no rotation)"', 'label = "Unrotated"')
+    other = tmp_path / "renamed.toml"
+    other.write_text(text)
+    md = write_report(results, tmp_path / "rep.md", figures=False, config=load_config(other)).read_text()
+    assert "Unrotated" in md and "CCA-ITQ (no rotation)" not in md
+    assert "(no rotation)" in write_report(results, tmp_path / "saved.md", figures=False).read_text()

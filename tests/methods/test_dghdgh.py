@@ -429,6 +429,26 @@ def test_dghdgh_trains_and_records_its_schedule(data):
     assert model.encode("text", data.query.text).nbits == 8
 
 
+@pytest.mark.parametrize("generation", [True, False])
+def test_classifier_mode_is_inert_without_a_host_classifier(data, generation):
+    """cls_weight=0 (DGHDGH's default) means no host classifier, so the baseline's ``classifier``
+    mode (joint / detached) cannot change a DGHDGH fit: the same codes either way. (Cells run
+    before ``classifier`` existed are therefore the same runs as today's.)"""
+    def weights(name, **hp):
+        model = get_method(name, hidden=[16], epochs=2, batch_size=48, **hp).fit(data.train, 8, seed=0)
+        arrays, _ = model.state()
+        return {k: v for k, v in arrays.items() if "classifier" not in k}
+
+    joint = weights("dghdgh", generation=generation, classifier="joint")
+    detached = weights("dghdgh", generation=generation, classifier="detached")
+    assert joint.keys() == detached.keys() and joint
+    for key in joint:
+        np.testing.assert_array_equal(joint[key], detached[key])
+    # the control: where the host classifier exists (the baseline), the mode does change the fit
+    base_joint, base_detached = weights("deep-baseline", classifier="joint"), weights("deep-baseline", classifier="detached")
+    assert any(not np.array_equal(base_joint[k], base_detached[k]) for k in base_joint)
+
+
 def test_dghdgh_paper_preset_schedules_from_the_previous_epoch(data):
     model = get_method("dghdgh", preset="paper", hidden=[16], epochs=3, batch_size=48).fit(data.train, 8, seed=0)
     hist, diag = model.record["training"]["history"], model.record["diagnostics"]

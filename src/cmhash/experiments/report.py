@@ -125,12 +125,15 @@ def metric_value(record: dict[str, Any], metric: str) -> float | None:
     raise KeyError(metric)
 
 
-def load_results(results: str | os.PathLike) -> tuple[ExperimentConfig, list[Entry]]:
-    """The config saved in a results folder and its grid, each cell with its record if finished."""
+def load_results(results: str | os.PathLike, config: ExperimentConfig | None = None
+                 ) -> tuple[ExperimentConfig, list[Entry]]:
+    """The config saved in a results folder (or ``config``, e.g. the full config of a grid whose
+    cells were run in parts) and its grid, each cell with its record if finished."""
     store = ResultsStore(results)
-    saved = store.load_config()
-    source = saved.get("source") or str(Path(results) / "config.json")
-    config = parse_config(saved["config"], source=source, path=Path(source))
+    if config is None:
+        saved = store.load_config()
+        source = saved.get("source") or str(Path(results) / "config.json")
+        config = parse_config(saved["config"], source=source, path=Path(source))
     entries = [Entry(c, store.read(c.key) if store.has(c.key) else None) for c in expand(config)]
     return config, entries
 
@@ -337,14 +340,14 @@ def cells_csv(entries: list[Entry], axes: list[str]) -> str:
 
 
 def write_report(results: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                 figures: bool = True) -> Path:
+                 figures: bool = True, config: ExperimentConfig | None = None) -> Path:
     """Write the report of a results folder; return the markdown file's path.
 
     ``out`` a folder (default ``RESULTS/report``): ``report.md``, ``cells.csv``, ``tables/`` and
     ``figures/`` go in it. ``out`` a ``.md`` file (e.g. ``docs/results-wiki.md``): the markdown
     goes there and the rest into the folder of the same name beside it (``docs/results-wiki/``).
     """
-    config, entries = load_results(results)
+    config, entries = load_results(results, config)
     out = Path(out) if out is not None else Path(results) / "report"
     if out.suffix == ".md":
         md_path, assets = out, out.with_suffix("")
