@@ -334,6 +334,7 @@ def network_grads(method, ctx, batch, perturb):
 
 def setup_method(ctx, **hparams):
     method = get_method("dghdgh", **hparams)
+    ctx.hparams.update(method.hparams)  # as the engine's context carries them
     for hook in (method, *method.plugins):
         hook.setup(ctx)
     for group, cfg in ctx.groups.items():
@@ -357,9 +358,10 @@ def scramble(name):
 @pytest.mark.parametrize("cls_weight", [0.0, 1.0])
 def test_cls_weight_zero_gives_no_ce_gradient(cls_weight):
     """cls_weight=0: no CE term and no CE gradient in the hash step (the classifier, the plug-in's
-    own, trains on detached embeddings); cls_weight=1, the control: the host's CE moves them."""
+    own, trains on detached embeddings), even with classifier="joint"; cls_weight=1 with the joint
+    classifier, the control: the host's CE moves them."""
     ctx, batch = make_ctx(24, 8, 4, seed=15)
-    method = setup_method(ctx, cls_weight=cls_weight, hidden=[8])
+    method = setup_method(ctx, cls_weight=cls_weight, classifier="joint", hidden=[8])
     name = "classifier" if cls_weight else "dgs_classifier"
     assert (name == "dgs_classifier") == method.plugins[0].own_classifier
     torch.manual_seed(16)

@@ -61,8 +61,9 @@ The schedule. Each reading: the equation, the paper's words, the official code, 
   Adam (lr 1e-5, CE weight 10) and adds no CE to the hash layers. DGHDGH's default
   ``cls_weight=0`` does the same: no CE term and no CE gradient in the hash step; the plug-in
   brings its own classifier (``cls_lr``) trained on detached embeddings after each hash step.
-  With ``cls_weight > 0`` the host's classifier (trained with CE into the hash layers, the
-  paper's Eq. 12 read as hash learning) is used instead.
+  With ``cls_weight > 0`` the host's classifier is used instead; ``classifier="joint"`` (the
+  paper preset's) trains it with CE into the hash layers, the paper's Eq. 12 read as hash
+  learning (the baseline's default, ``"detached"``, would keep CE out of them).
 - Generator weights (Eq. 11): the paper's appendix (gamma_is, gamma_sp, gamma_cd) = (1, 1, 0.2);
   the code uses (10, 10, 0.3) (pass them to follow it). L_cd is Eq. 10's per-anchor std over
   the negatives; the code's J_div is 1 - sqrt(mean over all edges of |lambda - row mean|^2).
@@ -568,7 +569,8 @@ class DGHDGH(DeepBaseline):
     #: the paper's literal forms where it states one (see the module docstring); J_gca on detached
     #: codes and CE into the hash layers are this module's earlier readings of the silent points.
     presets = {"paper": {"alpha": 1.0, "tau_loss": "total", "normalize": False, "syn_triplets": "active",
-                         "gamma_syn": "paper", "gca_to_codes": False, "cls_weight": 1.0}}
+                         "gamma_syn": "paper", "gca_to_codes": False, "cls_weight": 1.0,
+                         "classifier": "joint"}}
 
     def __init__(self, preset: str | None = None, **hparams: Any):
         super().__init__(preset=preset, **hparams)
