@@ -236,10 +236,31 @@ def test_idgh_trains_with_each_ablation_switch(data, switch):
     diag = model.record["diagnostics"]
     for m in ("image", "text"):
         stds = [diag[f"noise_std_{m}_s{s}"] for s in (1, 2, 3)]
+        dists = [diag[f"syn_cos_dist_{m}_s{s}"] for s in (1, 2, 3)]
+        assert all(0.0 < d < 2.0 for d in dists)
         if model.hparams["noise"] == "official":  # tanh-code variances < 1: later samples noisier
             assert diag[f"code_var_{m}"] < 1 and stds[0] < stds[1] < stds[2]
+            assert dists[0] < dists[2]
         else:
             assert stds[0] == stds[1] == stds[2]
+
+
+def test_displacement_diagnostic_leaves_the_training_draws_alone(data):
+    """The synthetic-displacement diagnostic draws from its own generator: the same run with the
+    diagnostic switched off (patched to a no-op) trains to the same codes."""
+    kw = dict(hidden=[16], epochs=3, batch_size=64, start_fraction=0.34, update_interval=1)
+    with_diag = get_method("idgh", **kw).fit(data.train, 8, seed=0)
+    original = IDGH._record_displacement
+    try:
+        IDGH._record_displacement = lambda self, ctx, codes, diag, eta: None
+        without = get_method("idgh", **kw).fit(data.train, 8, seed=0)
+    finally:
+        IDGH._record_displacement = original
+    assert "syn_cos_dist_image_s1" in with_diag.record["diagnostics"]
+    assert "syn_cos_dist_image_s1" not in without.record["diagnostics"]
+    for m in ("image", "text"):
+        x = getattr(data.query, m)
+        assert np.array_equal(with_diag.encode(m, x).data, without.encode(m, x).data)
 
 
 def test_idgh_paper_preset_and_default_noise():

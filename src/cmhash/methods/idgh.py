@@ -233,7 +233,8 @@ def covariance_roots(cov: torch.Tensor, noise: str, aug_num: int) -> list[torch.
     return [roots[p] for p in noise_powers(noise, aug_num)]
 
 
-def synthesize(centres: torch.Tensor, roots: list[torch.Tensor], eta: float) -> torch.Tensor:
+def synthesize(centres: torch.Tensor, roots: list[torch.Tensor], eta: float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """One sample per root and row: centre + sqrt(eta) root eps, eps ~ N(0, I) (stacked
     sample-major: all rows' first sample, then the second, ...).
 
@@ -243,7 +244,7 @@ def synthesize(centres: torch.Tensor, roots: list[torch.Tensor], eta: float) -> 
     if not roots:
         raise ValueError("synthesize: no roots (one per sample) given")
     b, k = centres.shape
-    eps = torch.randn(len(roots), b, k, device=centres.device, dtype=centres.dtype)
+    eps = torch.randn(len(roots), b, k, device=centres.device, dtype=centres.dtype, generator=generator)
     noise = []
     for s, root in enumerate(roots):
         root = root.to(centres.dtype)
@@ -338,8 +339,9 @@ class IDGH(DeepHashingMethod):
     def estimate(self, ctx: TrainContext) -> None:
         """A pass over the training set: update the estimates and the covariances to sample with."""
         h, est = ctx.hparams, ctx.state["estimators"]
+        codes = {m: ctx.relaxed_codes(m) for m in ("image", "text")}
         for m in ("image", "text"):
-            est[m].update(ctx.relaxed_codes(m), ctx.data["labels"])
+            est[m].update(codes[m], ctx.data["labels"])
         counts = est["image"].last_counts
         w = refinement_weights(counts, h["beta"], h["refine_below"]) if h["refine"] else torch.zeros_like(counts)
         if h["refine"] and bool((w > 0).any()):
@@ -368,6 +370,21 @@ class IDGH(DeepHashingMethod):
             diag[f"code_var_{m}"] = round(float(var.mean()), 6)
             for s, p in enumerate(noise_powers(h["noise"], int(h["aug_num"])), 1):
                 diag[f"noise_std_{m}_s{s}"] = round(math.sqrt(eta) * float(var.clamp_min(0).pow(p).mean()), 6)
+        self._record_displacement(ctx, codes, diag, eta)
+
+    def _record_displacement(self, ctx: TrainContext, codes: dict[str, torch.Tensor], diag: dict[str, Any],
+                             eta: float) -> None:
+        """Diagnostic: the mean cosine distance 1 - cos(b, b~) between each training item's code
+        and its synthetic sample s (what the triplet loss sees, beside the margin). Drawn with a
+        generator of its own, so the training's random stream is untouched."""
+        gen = torch.Generator(device=ctx.device).manual_seed(0x1D6 + ctx.epoch)
+        labels = ctx.data["labels"]
+        for m in ("image", "text"):
+            aug = synthesize(codes[m], self.item_roots(ctx, m, labels), eta, generator=gen)
+            real = codes[m].repeat(int(ctx.hparams["aug_num"]), 1)
+            dist = (1.0 - torch.nn.functional.cosine_similarity(real, aug, dim=1)).reshape(int(ctx.hparams["aug_num"]), -1).mean(dim=1)
+            for s, value in enumerate(dist.tolist(), 1):
+                diag[f"syn_cos_dist_{m}_s{s}"] = round(value, 6)
 
     def item_covariance(self, ctx: TrainContext, modality: str, labels: torch.Tensor) -> torch.Tensor:
         """Mean refined covariance of each item's classes (Sigma_global for label-less items)."""
