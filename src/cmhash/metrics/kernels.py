@@ -23,8 +23,8 @@ import numpy as np
 from cmhash.codes import _words, iter_hamming_blocks
 from cmhash.metrics.relevance import Retrieval
 
-__all__ = ["BACKENDS", "CHUNK", "RankStats", "ap_scale", "numba_available", "resolve_backend",
-           "iter_rank_stats", "distance_histograms"]
+__all__ = ["BACKENDS", "CHUNK", "RankStats", "ap_scale", "numba_available", "numba_word_layout",
+           "resolve_backend", "iter_rank_stats", "distance_histograms"]
 
 BACKENDS = ("auto", "numpy", "numba")
 CHUNK = 512  # queries per chunk handed to a backend (and per reduction block)
@@ -187,8 +187,8 @@ def iter_rank_stats(ret: Retrieval, *, k: int | None = None, want_ap: bool = Tru
         if numba_word_layout(ret.nbits, ret.n_db) is not None:
             chunk_fn = _numba_rank_chunk
         elif backend == "numba":
-            raise ValueError(f"backend='numba': {ret.n_db} database items with {ret.nbits}-bit codes "
-                             "exceed the kernel's 63-bit bucket words; use backend='numpy'")
+            raise ValueError(f"backend='numba': {ret.n_db} database items with {ret.nbits}-bit "
+                             "codes exceed the kernel's 63-bit bucket words; use backend='numpy'")
     for start in range(0, ret.n_query, CHUNK):
         sl = slice(start, min(start + CHUNK, ret.n_query))
         yield sl, chunk_fn(ret, sl, k, ap_scale(ret.n_db) if want_ap else 0.0, n_grid, recall_grid)
