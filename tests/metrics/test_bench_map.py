@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_map.py"
 
@@ -41,3 +42,22 @@ def test_bench_map_writes_its_table_as_json(tmp_path, capsys):
     assert "ratio_vs_field_loop" in saved["results"][-1]
     assert report["results"] == saved["results"]
     assert "vs field" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # JIT-compiles the metrics kernel a second time (the revision's copy)
+def test_bench_map_kernel_compares_with_a_git_revision(tmp_path, capsys):
+    from cmhash.metrics.kernels import numba_available
+
+    repo = SCRIPT.parents[1]
+    if not numba_available() or not (repo / ".git").exists():
+        pytest.skip("needs numba and a git checkout")
+    spec = importlib.util.spec_from_file_location("bench_map_kernel", SCRIPT.with_name("bench_map_kernel.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "kernel.json"
+    report = module.main(["--against", "HEAD", "--queries", "6", "--database", "300", "--repeat", "1",
+                          "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["aps_identical"] and [r["kernel"] for r in saved["results"]] == ["at HEAD", "working tree"]
+    assert report["results"] == saved["results"]
+    assert "vs HEAD" in capsys.readouterr().out

@@ -1,12 +1,17 @@
 """numba kernels for the metrics (optional extra ``cmhash[fast]``); same results as the numpy path.
 
-One fused counting pass per query, no sort: Hamming distances are integers 0..L, so the stable
-rank of item i (ties by index) is #{d_j < d_i} + #{j < i : d_j = d_i} + 1. One pass over the
-database computes each item's distance and relevance and histograms them (all items, relevant
-items); the running bucket count at a relevant item is its second term, recorded on the spot.
-The exclusive prefix sums of the histograms give the first term and the first hit number of each
-bucket; a pass over the relevant items alone then yields, for h = 1..R, the rank of the h-th
-relevant item in the stable ranking: everything rank-based follows from it in O(R).
+One fused counting pass per query, no sort. Hamming distances are integers 0..L, so in the stable
+ranking (ties by index) relevant item i at distance d has
+
+    rank = A[d] + Q_i + I_i + 1        hit number = B[d] + Q_i + 1
+
+with A[d] / B[d] the numbers of all / relevant items at distances < d, and Q_i / I_i the numbers
+of relevant / irrelevant items at distance d before i. Each bucket d keeps one int64 *bucket
+word* packing (d, relevant seen, irrelevant seen); the pass computes an item's distance and
+relevance, adds 1 to the right field of its bucket's word (one load, one add, one store) and, for
+a relevant item, keeps a copy of the word as it was (a branch-free append). The copies hold d,
+Q_i and I_i, so after the prefix sums over the L + 1 buckets every relevant item's rank and hit
+number follow without a second pass over the database, and the AP sum is a loop LLVM vectorises.
 Queries run in parallel (prange); each writes only its own output row, so results do not depend
 on the thread count.
 """
@@ -51,73 +56,108 @@ def _histograms(qw, dw, qm, dm, qi, h_all, h_rel):
 
 
 @njit(cache=True, nogil=True)
-def _relevant_ranks(qw, dw, qm, dm, qi, nbits, buf, ranks):
-    """Fill ``ranks[h-1]`` = stable rank of the h-th relevant item (h = 1..R); return R.
-
-    One pass over the database builds the histogram of all items; while it does, the running
-    count of bucket d is the number of earlier items at distance d, so each relevant item records
-    (its distance, that count) in ``buf`` (branch-free append). The relevant items' histogram is
-    counted from those records afterwards (R steps; doing it in the pass, one more
-    read-modify-write per item, cost ~20%). After the prefix sums, a pass over the R relevant
-    items alone places them. ``buf`` and ``ranks`` need n_db slots.
-    """
-    n, nw, nl = dw.shape[0], dw.shape[1], dm.shape[1]
-    h_all = np.zeros(nbits + 1, np.int64)
-    h_rel = np.zeros(nbits + 1, np.int64)
+def _count_one_word(x, m, codes, masks, words, buf, rel_one, irr_one):
+    """The hot path (codes of <= 64 bits, <= 64 classes; 1-D ``codes`` and ``masks``): per item,
+    bump its bucket word by ``rel_one`` or ``irr_one`` and append the old word to ``buf`` if the
+    item is relevant (the slot is overwritten otherwise). Returns R."""
     cnt = 0
-    if nw == 1 and nl == 1:  # codes of <= 64 bits, <= 64 classes: the hot path
-        x = qw[qi, 0]
-        m = qm[qi, 0]
-        for i in range(n):
-            d = _popcount(x ^ dw[i, 0])
-            r = (m & dm[i, 0]) != 0
-            p = h_all[d]
-            buf[cnt] = (p << 16) | d
-            cnt += r
-            h_all[d] = p + 1
+    for i in range(codes.shape[0]):
+        d = _popcount(x ^ codes[i])
+        r = (m & masks[i]) != 0
+        v = words[d]
+        buf[cnt] = v
+        cnt += r
+        words[d] = v + (rel_one if r else irr_one)
+    return cnt
+
+
+@njit(cache=True, nogil=True)
+def _count_any_words(qw, dw, qm, dm, qi, words, buf, rel_one, irr_one):
+    """:func:`_count_one_word` for any number of code and label words."""
+    cnt = 0
+    for i in range(dw.shape[0]):
+        d, r = _distance_relevance(qw, dw, qm, dm, qi, i)
+        v = words[d]
+        buf[cnt] = v
+        cnt += r
+        words[d] = v + (rel_one if r else irr_one)
+    return cnt
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ap_terms(recs, below_all, below_rel, dist_bits, count_bits, k, ap_scale):
+    """(R_k, fixed-point sum of hit/rank over the relevant items with rank <= k) from the
+    records: no stores and no division check (error_model "numpy"; ranks are >= 1), so LLVM
+    vectorises the divisions. Each term is rounded exactly as the numpy path rounds it."""
+    dmask = (1 << dist_bits) - 1
+    cmask = (1 << count_bits) - 1
+    i_shift = dist_bits + count_bits
+    rk = 0
+    s = 0
+    for t in range(recs.shape[0]):
+        v = recs[t]
+        d = v & dmask
+        q = (v >> dist_bits) & cmask
+        rank = below_all[d] + q + (v >> i_shift) + 1
+        hit = below_rel[d] + q + 1
+        ok = rank <= k
+        rk += ok
+        term = np.int64(np.rint(hit / rank * ap_scale))
+        s += term if ok else 0
+    return rk, s
+
+
+@njit(cache=True, nogil=True)
+def _relevant_ranks(qw, dw, qm, dm, qi, nbits, dist_bits, count_bits, k, ap_scale, want_ranks,
+                    buf, ranks):
+    """(R, R_k, fixed-point AP sum) of query ``qi``; with ``want_ranks``, also ``ranks[h-1]`` =
+    stable rank of the h-th relevant item (h = 1..R). ``buf`` and ``ranks`` need n_db slots."""
+    n, nw, nl = dw.shape[0], dw.shape[1], dm.shape[1]
+    rel_one = np.int64(1) << dist_bits
+    irr_one = np.int64(1) << (dist_bits + count_bits)
+    words = np.arange(nbits + 1)  # bucket words: distance field = d, both counts 0
+    if nw == 1 and nl == 1:
+        r_all = _count_one_word(qw[qi, 0], qm[qi, 0], dw.reshape(n), dm.reshape(n), words, buf,
+                                rel_one, irr_one)
     else:
-        for i in range(n):
-            d, r = _distance_relevance(qw, dw, qm, dm, qi, i)
-            p = h_all[d]
-            buf[cnt] = (p << 16) | d
-            cnt += r
-            h_all[d] = p + 1
-    for t in range(cnt):  # the relevant items' histogram, from their records (R steps, not n)
-        h_rel[buf[t] & 0xFFFF] += 1
+        r_all = _count_any_words(qw, dw, qm, dm, qi, words, buf, rel_one, irr_one)
+    cmask = (1 << count_bits) - 1
+    i_shift = dist_bits + count_bits
+    below_all = np.empty(nbits + 1, np.int64)  # exclusive prefix sums over the buckets
+    below_rel = np.empty(nbits + 1, np.int64)
     a = 0
     b = 0
-    for d in range(nbits + 1):  # exclusive prefix sums: first rank-1 / first hit-1 of each bucket
-        ca = h_all[d]
-        cb = h_rel[d]
-        h_all[d] = a
-        h_rel[d] = b
-        a += ca
-        b += cb
-    for t in range(cnt):  # relevant items in index order: within a bucket, in hit order
-        v = buf[t]
-        d = v & 0xFFFF
-        hit = h_rel[d]
-        h_rel[d] = hit + 1
-        ranks[hit] = h_all[d] + (v >> 16) + 1
-    return cnt
+    for d in range(nbits + 1):
+        below_all[d] = a
+        below_rel[d] = b
+        q = (words[d] >> dist_bits) & cmask
+        a += q + (words[d] >> i_shift)
+        b += q
+    recs = buf[:r_all]
+    rk, s = _ap_terms(recs, below_all, below_rel, dist_bits, count_bits, k, ap_scale)
+    if want_ranks:  # hit numbers are a permutation of 1..R: place each rank at its hit
+        dmask = (1 << dist_bits) - 1
+        for t in range(r_all):
+            v = recs[t]
+            d = v & dmask
+            q = (v >> dist_bits) & cmask
+            ranks[below_rel[d] + q] = below_all[d] + q + (v >> i_shift) + 1
+    return r_all, rk, s
 
 
 GROUP = 16  # queries per parallel task: scratch buffers are allocated once per task
 
 
 @njit(cache=True, nogil=True)
-def _rank_stats_one(qw, dw, qm, dm, qi, nbits, k, ap_scale, n_grid, recall_grid, buf, ranks, best,
-                    out_r, out_rk, out_ap, out_hits, out_pr):
-    """All rank statistics of query ``qi`` from the ranks of its relevant items."""
-    r_all = _relevant_ranks(qw, dw, qm, dm, qi, nbits, buf, ranks)
+def _rank_stats_one(qw, dw, qm, dm, qi, nbits, dist_bits, count_bits, k, ap_scale, n_grid,
+                    recall_grid, buf, ranks, best, out_r, out_rk, out_ap, out_hits, out_pr):
+    """All rank statistics of query ``qi`` (the sorted ranks only when a grid needs them)."""
+    want_ranks = n_grid.shape[0] > 0 or recall_grid.shape[0] > 0
+    r_all, rk, s = _relevant_ranks(qw, dw, qm, dm, qi, nbits, dist_bits, count_bits, k,
+                                   ap_scale, want_ranks, buf, ranks)
     out_r[qi] = r_all
-    rk = 0
-    s = 0  # fixed point (see kernels.ap_scale): exact, so the order of the sum cannot matter
-    while rk < r_all and ranks[rk] <= k:
-        if ap_scale > 0:
-            s += np.int64(np.rint((rk + 1) / ranks[rk] * ap_scale))
-        rk += 1
     out_rk[qi] = rk
+    # fixed point (see kernels.ap_scale): exact, so the order of the sum cannot matter
     out_ap[qi] = s / ap_scale / rk if rk > 0 and ap_scale > 0 else 0.0
     h = 0
     for g in range(n_grid.shape[0]):
@@ -143,17 +183,20 @@ def _rank_stats_one(qw, dw, qm, dm, qi, nbits, k, ap_scale, n_grid, recall_grid,
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def rank_kernel(qw, dw, qm, dm, nbits, k, ap_scale, n_grid, recall_grid,
+def rank_kernel(qw, dw, qm, dm, nbits, dist_bits, count_bits, k, ap_scale, n_grid, recall_grid,
                 out_r, out_rk, out_ap, out_hits, out_pr):
-    """Per query: R, R_k, AP@k (``ap_scale`` 0: skipped), hits at each N, interpolated precision."""
+    """Per query: R, R_k, AP@k (``ap_scale`` 0: skipped), hits at each N, interpolated precision.
+    ``dist_bits``, ``count_bits``: the bucket-word layout (``kernels.numba_word_layout``)."""
     nq, n = qw.shape[0], dw.shape[0]
+    want_ranks = n_grid.shape[0] > 0 or recall_grid.shape[0] > 0
     for task in prange((nq + GROUP - 1) // GROUP):
         buf = np.empty(n, np.int64)
-        ranks = np.empty(n, np.int64)
+        ranks = np.empty(n if want_ranks else 0, np.int64)
         best = np.empty(n if recall_grid.shape[0] > 0 else 0)
         for qi in range(task * GROUP, min(nq, (task + 1) * GROUP)):
-            _rank_stats_one(qw, dw, qm, dm, qi, nbits, k, ap_scale, n_grid, recall_grid, buf,
-                            ranks, best, out_r, out_rk, out_ap, out_hits, out_pr)
+            _rank_stats_one(qw, dw, qm, dm, qi, nbits, dist_bits, count_bits, k, ap_scale,
+                            n_grid, recall_grid, buf, ranks, best, out_r, out_rk, out_ap,
+                            out_hits, out_pr)
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -23,8 +23,8 @@ import numpy as np
 from cmhash.codes import _words, iter_hamming_blocks
 from cmhash.metrics.relevance import Retrieval
 
-__all__ = ["BACKENDS", "CHUNK", "RankStats", "ap_scale", "numba_available", "resolve_backend",
-           "iter_rank_stats", "distance_histograms"]
+__all__ = ["BACKENDS", "CHUNK", "RankStats", "ap_scale", "numba_available", "numba_word_layout",
+           "resolve_backend", "iter_rank_stats", "distance_histograms"]
 
 BACKENDS = ("auto", "numpy", "numba")
 CHUNK = 512  # queries per chunk handed to a backend (and per reduction block)
@@ -39,6 +39,15 @@ def numba_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def numba_word_layout(nbits: int, n_db: int) -> tuple[int, int] | None:
+    """Bits of the distance field and of each count field of the numba kernel's bucket words, or
+    None when distances 0..``nbits`` and counts up to ``n_db`` do not fit in 63 bits (codes of
+    <= 127 bits: up to 2^28 - 1 items; 65,535 bits: 2^23 - 1)."""
+    dist_bits = max(1, int(nbits).bit_length())
+    count_bits = max(1, int(n_db).bit_length())
+    return (dist_bits, count_bits) if dist_bits + 2 * count_bits <= 63 else None
 
 
 def resolve_backend(backend: str, work: int = 0) -> str:
@@ -149,8 +158,9 @@ def _numba_rank_chunk(ret: Retrieval, sl: slice, k, scale, n_grid, recall_grid) 
     b = qw.shape[0]
     st = RankStats(np.empty(b, np.int64), np.empty(b, np.int64), np.zeros(b),
                    np.empty((b, n_grid.size), np.int64), np.empty((b, recall_grid.size)))
-    _numba.rank_kernel(qw, _db_words(ret), qm, ret.db_masks, ret.nbits, k, scale, n_grid,
-                       recall_grid, st.relevant, st.relevant_at_k, st.ap, st.hits,
+    dist_bits, count_bits = numba_word_layout(ret.nbits, ret.n_db)
+    _numba.rank_kernel(qw, _db_words(ret), qm, ret.db_masks, ret.nbits, dist_bits, count_bits, k,
+                       scale, n_grid, recall_grid, st.relevant, st.relevant_at_k, st.ap, st.hits,
                        st.interp_precision)
     return st
 
@@ -172,8 +182,13 @@ def iter_rank_stats(ret: Retrieval, *, k: int | None = None, want_ap: bool = Tru
     n_grid = np.zeros(0, np.int64) if n_grid is None else np.ascontiguousarray(n_grid, np.int64)
     recall_grid = (np.zeros(0) if recall_grid is None
                    else np.ascontiguousarray(recall_grid, np.float64))
-    chunk_fn = (_numba_rank_chunk if resolve_backend(backend, ret.n_query * ret.n_db) == "numba"
-                else _numpy_rank_chunk)
+    chunk_fn = _numpy_rank_chunk
+    if resolve_backend(backend, ret.n_query * ret.n_db) == "numba":
+        if numba_word_layout(ret.nbits, ret.n_db) is not None:
+            chunk_fn = _numba_rank_chunk
+        elif backend == "numba":
+            raise ValueError(f"backend='numba': {ret.n_db} database items with {ret.nbits}-bit "
+                             "codes exceed the kernel's 63-bit bucket words; use backend='numpy'")
     for start in range(0, ret.n_query, CHUNK):
         sl = slice(start, min(start + CHUNK, ret.n_query))
         yield sl, chunk_fn(ret, sl, k, ap_scale(ret.n_db) if want_ap else 0.0, n_grid, recall_grid)
