@@ -17,7 +17,9 @@ way. Results are exact and do not depend on tile, block or group sizes.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from cmhash._popcount import popcount
 
@@ -26,6 +28,8 @@ BLOCK = 64
 BLOCK_WIDE = 32
 #: bytes of database codes scanned by every query of a group while they are in cache
 TILE_BYTES = 32768
+#: bytes of codes a lone query scans between hand-offs of its hits (no cache to share: larger)
+SOLO_TILE_BYTES = 262144
 #: queries that share a tile
 GROUP = 32
 
@@ -77,6 +81,36 @@ def _append(qrow, blk, p, b, bound, out_pos, out_d, cnt):
     return cnt
 
 
+@intrinsic
+def _lowest_bit(typingctx, x):
+    """The index of the lowest set bit of a nonzero uint64 (llvm.cttz: one TZCNT), as int64."""
+    if not isinstance(x, types.Integer) or x.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return types.int64(x), codegen
+
+
+# A block with hits is walked again as a bit mask of its hits (a vectorised pass over codes
+# still in L1), then bit by bit: the cost follows the hits, not the block length.
+@njit(nogil=True, cache=True)
+def _mask1(x, blk, bound):
+    m = np.uint64(0)
+    for j in range(BLOCK):
+        m |= np.uint64(popcount(x ^ blk[j]) < bound) << np.uint64(j)
+    return m
+
+
+@njit(nogil=True, cache=True)
+def _mask2(x0, x1, blk, bound):
+    m = np.uint64(0)
+    for j in range(BLOCK_WIDE):
+        m |= np.uint64(popcount(x0 ^ blk[2 * j]) + popcount(x1 ^ blk[2 * j + 1]) < bound) << np.uint64(j)
+    return m
+
+
 @njit(nogil=True, cache=True)
 def _collect1(x, flat, lo, hi, bound, out_pos, out_d):
     """:func:`collect` for codes of one word."""
@@ -85,16 +119,18 @@ def _collect1(x, flat, lo, hi, bound, out_pos, out_d):
         p = lo + b * BLOCK
         blk = flat[p : p + BLOCK]
         if _count1(x, blk, bound) > 0:  # rare once a top-k bound is tight
-            for j in range(BLOCK):
-                d = popcount(x ^ blk[j])
+            m = _mask1(x, blk, bound)
+            while m:
+                j = _lowest_bit(m)
                 out_pos[cnt] = p + j
-                out_d[cnt] = d
-                cnt += d < bound  # branch-free: a miss is overwritten by the next code
+                out_d[cnt] = popcount(x ^ blk[j])
+                cnt += 1
+                m &= m - np.uint64(1)
     for p in range(lo + (hi - lo) // BLOCK * BLOCK, hi):  # the tail
         d = popcount(x ^ flat[p])
         out_pos[cnt] = p
         out_d[cnt] = d
-        cnt += d < bound
+        cnt += d < bound  # branch-free: a miss is overwritten by the next code
     return cnt
 
 
@@ -106,11 +142,13 @@ def _collect2(x0, x1, flat, lo, hi, bound, out_pos, out_d):
         p = lo + b * BLOCK_WIDE
         blk = flat[2 * p : 2 * (p + BLOCK_WIDE)]
         if _count2(x0, x1, blk, bound) > 0:
-            for j in range(BLOCK_WIDE):
-                d = popcount(x0 ^ blk[2 * j]) + popcount(x1 ^ blk[2 * j + 1])
+            m = _mask2(x0, x1, blk, bound)
+            while m:
+                j = _lowest_bit(m)
                 out_pos[cnt] = p + j
-                out_d[cnt] = d
-                cnt += d < bound
+                out_d[cnt] = popcount(x0 ^ blk[2 * j]) + popcount(x1 ^ blk[2 * j + 1])
+                cnt += 1
+                m &= m - np.uint64(1)
     for p in range(lo + (hi - lo) // BLOCK_WIDE * BLOCK_WIDE, hi):
         d = popcount(x0 ^ flat[2 * p]) + popcount(x1 ^ flat[2 * p + 1])
         out_pos[cnt] = p
@@ -206,14 +244,20 @@ def topk(qw, dw, lo, hi, k, nbits, capacity, tile, group, idx_out, dist_out):
     start = np.zeros(nbits + 2, np.int64)
     hit_pos = np.empty(tile, np.int64)
     hit_d = np.empty(tile, np.int64)
+    blk = BLOCK if dw.shape[1] == 1 else BLOCK_WIDE
+    first = (2 * k + blk - 1) // blk * blk
     for q0 in range(0, nq, group):
         g_n = min(group, nq - q0)
         hist[:] = 0
         fill[:] = 0
         below[:] = 0
         bound[:] = nbits + 1  # accept everything until there are k candidates
-        for t0 in range(lo, hi, tile):
-            t1 = min(t0 + tile, hi)
+        # Tiles start at a few blocks and double up to ``tile``: the first codes are all hits
+        # (no bound yet), so a short first tile sets a bound before most of a tile is handed over.
+        size = min(tile, first)
+        t0 = lo
+        while t0 < hi:
+            t1 = min(t0 + size, hi)
             for g in range(g_n):
                 cnt = collect(qw[q0 + g], flat, t0, t1, bound[g], hit_pos, hit_d)
                 m, b, c = fill[g], bound[g], below[g]
@@ -233,6 +277,8 @@ def topk(qw, dw, lo, hi, k, nbits, capacity, tile, group, idx_out, dist_out):
                             _compact(cand_i[g], cand_d[g], m, h_g, k)
                             m = k
                 fill[g], bound[g], below[g] = m, b, c
+            t0 = t1
+            size = min(2 * size, tile)
         for g in range(g_n):
             _compact(cand_i[g], cand_d[g], fill[g], hist[g], k)
             _sorted_out(cand_i[g], cand_d[g], k, hist[g], start, idx_out[q0 + g], dist_out[q0 + g])

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -165,21 +165,80 @@ def _workers(threads: int | None) -> int:
     return max(1, int(threads or os.cpu_count() or 1))
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
+class _Batch:
+    """The tasks of one kernel call. The caller and the helper threads claim them one at a time,
+    so the caller never waits idle for a helper to wake up: a task no helper has taken yet, it
+    runs itself (under load a helper can take milliseconds to be scheduled)."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+        self.results = [None] * len(tasks)
+        self.errors: list[BaseException] = []
+        self._next = 0
+        self._left = len(tasks)
+        self._lock = threading.Lock()
+        self.finished = threading.Lock()
+        self.finished.acquire()  # released when the last task is done
+
+    def work(self) -> None:
+        """Run unclaimed tasks until none is left."""
+        while True:
+            with self._lock:
+                i = self._next
+                self._next += 1
+            if i >= len(self.tasks):
+                return
+            try:
+                self.results[i] = self.tasks[i]()
+            except BaseException as exc:  # handed to the caller, which re-raises it
+                self.errors.append(exc)
+            with self._lock:
+                self._left -= 1
+                if self._left == 0:
+                    self.finished.release()
 
 
-def _run(tasks) -> list:
-    """Run the zero-argument ``tasks`` on a thread pool kept for reuse (the kernels release the
-    GIL; starting threads on every call cost as much as a small scan). A plain pool instead of
-    numba's parallel=True keeps compilation to seconds."""
-    if len(tasks) == 1:
-        return [tasks[0]()]
-    with _POOLS_LOCK:
-        pool = _POOLS.get(len(tasks))
-        if pool is None:
-            pool = _POOLS[len(tasks)] = ThreadPoolExecutor(len(tasks), thread_name_prefix="cmhash-index")
-    return list(pool.map(lambda task: task(), tasks))
+_HELPERS_LOCK = threading.Lock()
+_helpers: tuple[int, queue.SimpleQueue, list[threading.Thread]] | None = None  # (pid, work queue, threads)
+
+
+def _helper(work: queue.SimpleQueue) -> None:
+    while True:
+        work.get().work()
+
+
+def _work_queue(helpers: int) -> queue.SimpleQueue:
+    """The queue of at least ``helpers`` helper threads, started on first need (and again in a
+    forked child, which inherits the queue but not the threads)."""
+    global _helpers
+    with _HELPERS_LOCK:
+        if _helpers is None or _helpers[0] != os.getpid():
+            _helpers = (os.getpid(), queue.SimpleQueue(), [])
+        _, work, threads = _helpers
+        while len(threads) < helpers:
+            thread = threading.Thread(target=_helper, args=(work,), name=f"cmhash-index-{len(threads)}", daemon=True)
+            thread.start()
+            threads.append(thread)
+        return work
+
+
+def _run(tasks, threads: int | None = None) -> list:
+    """Run the zero-argument ``tasks`` on ``threads`` threads (default: one per task), the
+    calling thread being one of them; the results in task order. The kernels release the GIL.
+    Helper threads are kept for reuse (starting threads on every call cost as much as a small
+    scan); a plain queue instead of numba's parallel=True keeps compilation to seconds."""
+    threads = len(tasks) if threads is None else min(int(threads), len(tasks))
+    if threads <= 1:
+        return [task() for task in tasks]
+    batch = _Batch(tasks)
+    work = _work_queue(threads - 1)
+    for _ in range(threads - 1):
+        work.put(batch)
+    batch.work()
+    batch.finished.acquire()  # the helpers' tasks write into the caller's arrays: wait for all
+    if batch.errors:
+        raise batch.errors[0]
+    return batch.results
 
 
 def _ranges(lo: int, hi: int, parts: int, align: int) -> list[tuple[int, int]]:
@@ -188,13 +247,19 @@ def _ranges(lo: int, hi: int, parts: int, align: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def _numba_args(qw: np.ndarray, dw: np.ndarray, tile_bytes: int | None):
+def _numba_args(qw: np.ndarray, dw: np.ndarray):
     """uint64 words (one compiled specialisation for every code length; narrower words widen
-    without changing any XOR-popcount), the tile in codes and the block."""
+    without changing any XOR-popcount) and the block of the scan."""
     nb = _numba()
     qw, dw = np.ascontiguousarray(qw, dtype=np.uint64), np.ascontiguousarray(dw, dtype=np.uint64)
-    nw = dw.shape[1]
-    return nb, qw, dw, nb.tile_codes(nw, tile_bytes or nb.TILE_BYTES), nb.BLOCK if nw == 1 else nb.BLOCK_WIDE
+    return nb, qw, dw, nb.BLOCK if dw.shape[1] == 1 else nb.BLOCK_WIDE
+
+
+def _radius_tile(nb, nw: int, tile_bytes: int | None, queries: int) -> int:
+    """Codes per radius tile: ``tile_bytes`` if given; else a cache-sized tile shared by a group
+    of queries, or a larger one for a lone query (nothing to share; fewer hand-offs of hits).
+    Top-k keeps cache-sized tiles even for one query: its bound tightens between tiles."""
+    return nb.tile_codes(nw, tile_bytes or (nb.SOLO_TILE_BYTES if queries == 1 else nb.TILE_BYTES))
 
 
 def topk_numba(
@@ -209,22 +274,23 @@ def topk_numba(
     n = dw.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    nb, qw, dw, tile, block = _numba_args(qw, dw, tile_bytes)
+    nb, qw, dw, block = _numba_args(qw, dw)
     capacity = max(k + 1, 4 * k, 1024) if capacity is None else max(int(capacity), k + 1)
     group = int(group or nb.GROUP)
-    nq, workers = qw.shape[0], _workers(threads)
+    nq, workers, tile = qw.shape[0], _workers(threads), nb.tile_codes(dw.shape[1], tile_bytes or nb.TILE_BYTES)
     idx_out = np.empty((nq, k), dtype=np.int64)
     dist_out = np.empty((nq, k), dtype=np.uint16)
-    args = (int(k), int(nbits), capacity, tile, group)
     if nq >= workers or workers == 1 or n < 2 * k:
         parts = _ranges(0, nq, min(workers, nq), 1)
-        _run([lambda s=s, e=e: nb.topk(qw[s:e], dw, 0, n, *args, idx_out[s:e], dist_out[s:e]) for s, e in parts])
+        _run([lambda s=s, e=e: nb.topk(qw[s:e], dw, 0, n, k, nbits, capacity, tile, group, idx_out[s:e], dist_out[s:e])
+              for s, e in parts])
         return idx_out, dist_out
     ranges = _ranges(0, n, min(workers, n // k), block)
     parts_i = np.empty((len(ranges), nq, k), dtype=np.int64)
     parts_d = np.empty((len(ranges), nq, k), dtype=np.uint16)
-    _run([lambda p=p, a=a, b=b: nb.topk(qw, dw, a, b, *args, parts_i[p], parts_d[p]) for p, (a, b) in enumerate(ranges)])
-    nb.merge_topk(parts_i, parts_d, int(k), int(nbits), idx_out, dist_out)
+    _run([lambda p=p, a=a, b=b: nb.topk(qw, dw, a, b, k, nbits, capacity, tile, group, parts_i[p], parts_d[p])
+          for p, (a, b) in enumerate(ranges)])
+    nb.merge_topk(parts_i, parts_d, k, nbits, idx_out, dist_out)
     return idx_out, dist_out
 
 
@@ -234,22 +300,27 @@ def radius_numba(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The numba twin of :func:`radius_numpy` (same results for any ``threads``, tile and
     query ``group`` size).
-    Many queries are split over the threads; fewer queries than threads split the database."""
-    nb, qw, dw, tile, block = _numba_args(qw, dw, tile_bytes)
-    n, nq, workers = dw.shape[0], qw.shape[0], _workers(threads)
-    r = min(int(radius), int(nbits))
-    args = (r, int(nbits), tile, int(group or nb.GROUP))
+    Many queries are split over the threads; fewer queries than threads split the database
+    (each thread's hits of its range, merged by distance then position)."""
+    nb, qw, dw, block = _numba_args(qw, dw)
+    n, nq, nw, workers = dw.shape[0], qw.shape[0], dw.shape[1], _workers(threads)
+    r, group = min(int(radius), int(nbits)), int(group or nb.GROUP)
     if nq >= workers or workers == 1:
         parts = _ranges(0, nq, min(workers, nq), 1)
-        found = _run([lambda s=s, e=e: nb.radius(qw[s:e], dw, 0, n, *args) for s, e in parts])
-        counts = np.concatenate([c for c, _, _ in found])
-        pos = np.concatenate([p for _, p, _ in found])
-        dist = np.concatenate([d for _, _, d in found])
-    else:  # few queries: split the database; ranges ascend in position, merged by distance
-        ranges = _ranges(0, n, min(workers, max(1, n // block)), block)
-        found = _run([lambda a=a, b=b: nb.radius(qw, dw, a, b, *args) for a, b in ranges])
-        counts, pos, dist = nb.merge_radius(np.stack([c for c, _, _ in found]), np.concatenate([p for _, p, _ in found]),
-                                            np.concatenate([d for _, _, d in found]), int(nbits))
-    bounds = np.zeros(nq + 1, dtype=np.int64)
-    np.cumsum(counts, out=bounds[1:])
-    return [(pos[a:b], dist[a:b]) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+        found = _run([lambda s=s, e=e: nb.radius(qw[s:e], dw, 0, n, r, nbits, _radius_tile(nb, nw, tile_bytes, e - s), group)
+                      for s, e in parts])
+        counts, pos, dist = found[0] if len(found) == 1 else (np.concatenate(part) for part in zip(*found))
+    else:  # few queries: split the database; ranges ascend in position
+        tile = _radius_tile(nb, nw, tile_bytes, nq)
+        found = _run([lambda a=a, b=b: nb.radius(qw, dw, a, b, r, nbits, tile, group)
+                      for a, b in _ranges(0, n, min(workers, max(1, n // block)), block)])
+        with_hits = [part for part in found if part[1].shape[0]]
+        if len(with_hits) <= 1:  # the only range with hits holds the result as it is
+            counts, pos, dist = (with_hits or found)[0]
+        else:  # a stable counting sort by distance of each query's hits, range after range
+            counts, pos, dist = nb.merge_radius(np.stack([c for c, _, _ in found]), np.concatenate([p for _, p, _ in found]),
+                                                np.concatenate([d for _, _, d in found]), int(nbits))
+    if nq == 1:
+        return [(pos, dist)]
+    ends = np.cumsum(counts).tolist()
+    return [(pos[a:b], dist[a:b]) for a, b in zip([0] + ends[:-1], ends)]
