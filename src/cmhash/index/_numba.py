@@ -242,8 +242,8 @@ def topk(qw, dw, lo, hi, k, nbits, capacity, tile, group, idx_out, dist_out):
     bound = np.zeros(g_max, np.int64)
     below = np.zeros(g_max, np.int64)
     start = np.zeros(nbits + 2, np.int64)
-    hit_pos = np.empty(tile, np.int64)
-    hit_d = np.empty(tile, np.int64)
+    hit_pos = np.empty(min(tile, hi - lo), np.int64)  # room for one tile's hits
+    hit_d = np.empty(min(tile, hi - lo), np.int64)
     blk = BLOCK if dw.shape[1] == 1 else BLOCK_WIDE
     first = (2 * k + blk - 1) // blk * blk
     for q0 in range(0, nq, group):
@@ -330,8 +330,8 @@ def radius(qw, dw, lo, hi, r, nbits, tile, group):
     nq = qw.shape[0]
     flat = dw.ravel()
     nd = nbits + 2
-    hit_pos = np.empty(tile, np.int64)
-    hit_d = np.empty(tile, np.int64)
+    hit_pos = np.empty(min(tile, hi - lo), np.int64)  # room for one tile's hits
+    hit_d = np.empty(min(tile, hi - lo), np.int64)
     counts = np.zeros(nq, np.int64)
     out_pos = np.empty(1024, np.int64)
     out_d = np.empty(1024, np.uint16)

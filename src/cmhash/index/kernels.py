@@ -153,12 +153,18 @@ def radius_numpy(
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 
-def _numba():
-    if not HAVE_NUMBA:
-        raise ImportError("the numba backend needs numba: pip install 'cmhash[fast]'")
-    from cmhash.index import _numba as nb
+_nb = None  # the module cmhash.index._numba, once imported
 
-    return nb
+
+def _numba():
+    global _nb
+    if _nb is None:
+        if not HAVE_NUMBA:
+            raise ImportError("the numba backend needs numba: pip install 'cmhash[fast]'")
+        from cmhash.index import _numba as nb
+
+        _nb = nb
+    return _nb
 
 
 def _workers(threads: int | None) -> int:
@@ -243,6 +249,8 @@ def _run(tasks, threads: int | None = None) -> list:
 
 def _ranges(lo: int, hi: int, parts: int, align: int) -> list[tuple[int, int]]:
     """``parts`` contiguous ranges covering [lo, hi), cut at multiples of ``align``."""
+    if parts == 1:
+        return [(lo, hi)] if hi > lo else []
     cuts = [lo + (hi - lo) * p // parts // align * align for p in range(parts)] + [hi]
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
@@ -251,7 +259,10 @@ def _numba_args(qw: np.ndarray, dw: np.ndarray):
     """uint64 words (one compiled specialisation for every code length; narrower words widen
     without changing any XOR-popcount) and the block of the scan."""
     nb = _numba()
-    qw, dw = np.ascontiguousarray(qw, dtype=np.uint64), np.ascontiguousarray(dw, dtype=np.uint64)
+    if qw.dtype != np.uint64 or not qw.flags.c_contiguous:
+        qw = np.ascontiguousarray(qw, dtype=np.uint64)
+    if dw.dtype != np.uint64 or not dw.flags.c_contiguous:
+        dw = np.ascontiguousarray(dw, dtype=np.uint64)
     return nb, qw, dw, nb.BLOCK if dw.shape[1] == 1 else nb.BLOCK_WIDE
 
 
