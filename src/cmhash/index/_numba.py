@@ -2,10 +2,12 @@
 
 The hot loop (:func:`collect`) walks a range of codes in blocks of :data:`BLOCK` and first counts,
 without branches, how many codes of the block are below the bound; only a block with a hit is
-walked again to write its hits out. Loops start at a constant 0 over slices, so LLVM sees
-non-negative indices (no wraparound code) and vectorises the counting loop (AVX2/AVX-512 popcount
-where the CPU has it; codes of two words too). Callers scan the database tile by tile
-(:data:`TILE_BYTES` of codes) and run every query of a group over a tile while it sits in cache.
+walked again to write its hits out (codes of one and two words: through a bit mask of its hits,
+so the rewalk costs per hit). Loops start at a constant 0 over slices, so LLVM sees non-negative
+indices (no wraparound code) and vectorises the counting loop (AVX2/AVX-512 popcount where the
+CPU has it; codes of two words too). Callers scan the database tile by tile (:data:`TILE_BYTES`
+of codes) and run every query of a group over a tile while it sits in cache (a lone radius
+query: :data:`SOLO_TILE_BYTES`; top-k tiles grow from ~2k codes to a full tile).
 
 Top-k keeps, per query, a candidate buffer compacted to the best k through a distance histogram
 when full, and a bound kept at the k-th smallest distance seen: only d < it can enter (an equal

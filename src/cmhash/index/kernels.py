@@ -5,10 +5,11 @@ numpy path works on (query block x database chunk) tiles small enough to stay in
 a bounded top-k per query: once a query holds ``k`` candidates whose worst distance is ``t``, a
 later item can only enter with distance ``< t`` (an equal distance loses the tie, because it
 comes later in insertion order), so each chunk is filtered with one comparison and only the
-survivors are merged. The optional numba top-k kernel (the ``fast`` extra) does the same scan
-fused into one loop per query, with queries split over threads. Radius search is numpy only.
-Both return the ranking of PROTOCOL.md: distance ascending, ties by position ascending, and
-identical results.
+survivors are merged. The optional numba kernels (the ``fast`` extra; top-k and radius) do the
+same scan fused into one loop per query (index/_numba.py), with queries split over threads, or
+the database when there are fewer queries than threads; the calling thread runs a share itself
+(:func:`_run`). Both return the ranking of PROTOCOL.md: distance ascending, ties by position
+ascending, and identical results.
 """
 
 from __future__ import annotations
