@@ -171,8 +171,11 @@ def test_empty_index_and_empty_queries():
     assert ids.shape == d.shape == (3, 0)
     assert [len(i) for i, _ in index.range_search(query, 64)] == [0, 0, 0]
     index.add(query)
-    ids, d = index.search(PackedCodes(np.empty((0, 8), np.uint8), 64), 5)
-    assert ids.shape == (0, 3)
+    for threads in (1, 2):  # no queries: nothing to split over threads
+        index.threads = threads
+        ids, d = index.search(PackedCodes(np.empty((0, 8), np.uint8), 64), 5)
+        assert ids.shape == (0, 3)
+        assert index.range_search(PackedCodes(np.empty((0, 8), np.uint8), 64), 3) == []
 
 
 def test_growth_keeps_every_code():

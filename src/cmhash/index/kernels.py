@@ -317,6 +317,8 @@ def radius_numba(
     nb, qw, dw, block = _numba_args(qw, dw)
     n, nq, nw, workers = dw.shape[0], qw.shape[0], dw.shape[1], _workers(threads)
     r, group = min(int(radius), int(nbits)), int(group or nb.GROUP)
+    if nq == 0:
+        return []
     if nq >= workers or workers == 1:
         parts = _ranges(0, nq, min(workers, nq), 1)
         found = _run([lambda s=s, e=e: nb.radius(qw[s:e], dw, 0, n, r, nbits, _radius_tile(nb, nw, tile_bytes, e - s), group)
