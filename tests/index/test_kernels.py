@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -26,6 +27,12 @@ def tied_problem(nbits, n=1500, nq=9, pool=30, seed=0):
     dist = (query[:, None, :] != db[None, :, :]).sum(axis=2)
     qw, dw = kernels.to_words(pack(query).data), kernels.to_words(pack(db).data)
     return qw, dw, dist, np.argsort(dist, axis=1, kind="stable")
+
+
+def heads(dw):
+    """Radius search without and, for codes of two or more words, with the first-word scan."""
+    head = kernels.first_words(dw)
+    return (None,) if head is None else (None, head)
 
 
 # (tile bytes, query group): the default, tiles smaller than a block (tail path only), tiles of a
@@ -64,9 +71,9 @@ def test_radius_equals_stable_brute_force(nbits):
             expect.append((hit, row[hit]))
         for threads in (1, 2, 3):
             for tile_bytes, group in SETTINGS:
-                for rows in (slice(0, 1), slice(0, 9)):
+                for rows, head in itertools.product((slice(0, 1), slice(0, 9)), heads(dw)):
                     got = kernels.radius_numba(qw[rows], dw, radius, nbits, threads=threads,
-                                               tile_bytes=tile_bytes, group=group)
+                                               tile_bytes=tile_bytes, group=group, head=head)
                     assert len(got) == rows.stop
                     for (pos, d), (e_pos, e_d) in zip(got, expect[rows]):
                         np.testing.assert_array_equal(pos, e_pos)
@@ -123,8 +130,9 @@ def test_one_query_split_over_threads_merges_ties_across_the_cuts(nbits):
                 idx, d = kernels.topk_numba(qw, dw, k, nbits, threads=threads, tile_bytes=tile_bytes, group=group)
                 np.testing.assert_array_equal(idx, order[:, :k])
                 np.testing.assert_array_equal(d, np.take_along_axis(dist, order[:, :k], axis=1))
-            for radius in (0, 1, nbits // 2, nbits, nbits + 1):
-                (pos, d), = kernels.radius_numba(qw, dw, radius, nbits, threads=threads, tile_bytes=tile_bytes, group=group)
+            for radius, head in itertools.product((0, 1, nbits // 2, nbits, nbits + 1), heads(dw)):
+                (pos, d), = kernels.radius_numba(qw, dw, radius, nbits, threads=threads, tile_bytes=tile_bytes,
+                                                 group=group, head=head)
                 (e_pos, e_d), = stable_radius(dist, radius)
                 np.testing.assert_array_equal(pos, e_pos)
                 np.testing.assert_array_equal(d, e_d)
@@ -141,8 +149,8 @@ def test_default_tiles_on_a_database_larger_than_a_tile(nbits):
     qw, dw, dist, order = tied_problem(nbits, n=n, nq=3, pool=50)
     for threads in (1, 2, 3):
         for rows in (slice(0, 1), slice(0, 3)):
-            for radius in (0, nbits // 4, nbits):
-                got = kernels.radius_numba(qw[rows], dw, radius, nbits, threads=threads)
+            for radius, head in itertools.product((0, nbits // 4, nbits), heads(dw)):
+                got = kernels.radius_numba(qw[rows], dw, radius, nbits, threads=threads, head=head)
                 for (pos, d), (e_pos, e_d) in zip(got, stable_radius(dist[rows], radius)):
                     np.testing.assert_array_equal(pos, e_pos)
                     np.testing.assert_array_equal(d, e_d)
@@ -150,6 +158,14 @@ def test_default_tiles_on_a_database_larger_than_a_tile(nbits):
                 idx, d = kernels.topk_numba(qw[rows], dw, k, nbits, threads=threads)
                 np.testing.assert_array_equal(idx, order[rows, :k])
                 np.testing.assert_array_equal(d, np.take_along_axis(dist[rows], order[rows, :k], axis=1))
+
+
+@needs_numba
+def test_a_head_that_is_not_the_codes_first_words_is_refused():
+    qw, dw, _, _ = tied_problem(128, n=50)
+    with pytest.raises(ValueError, match="head must be the first words"):
+        kernels.radius_numba(qw, dw, 3, 128, head=kernels.first_words(dw)[:-1])
+    assert kernels.first_words(kernels.to_words(np.zeros((4, 8), np.uint8))) is None  # one word: no head
 
 
 def test_run_gives_results_in_task_order_and_waits_for_every_task_before_an_error():

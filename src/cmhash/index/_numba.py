@@ -28,6 +28,11 @@ from cmhash._popcount import popcount
 #: codes per branch-free check, for codes of one word and of more words
 BLOCK = 64
 BLOCK_WIDE = 32
+#: hits in a block of BLOCK codes above which it is rewalked code by code, not hit by hit
+DENSE = 8
+#: a lone query stops scanning first words (``head``) once more than 1/HEAD_GIVE_UP of a tile's
+#: codes have a first word within the radius: completing so many costs more than it saves
+HEAD_GIVE_UP = 32
 #: bytes of database codes scanned by every query of a group while they are in cache
 TILE_BYTES = 32768
 #: bytes of codes a lone query scans between hand-offs of its hits (no cache to share: larger)
@@ -120,7 +125,14 @@ def _collect1(x, flat, lo, hi, bound, out_pos, out_d):
     for b in range((hi - lo) // BLOCK):  # whole blocks: count first, write only blocks with hits
         p = lo + b * BLOCK
         blk = flat[p : p + BLOCK]
-        if _count1(x, blk, bound) > 0:  # rare once a top-k bound is tight
+        c = _count1(x, blk, bound)
+        if c > DENSE:  # many hits: write every code, branch-free (a miss is overwritten)
+            for j in range(BLOCK):
+                d = popcount(x ^ blk[j])
+                out_pos[cnt] = p + j
+                out_d[cnt] = d
+                cnt += d < bound
+        elif c > 0:  # a few hits (the usual case once a top-k bound is tight): visit those only
             m = _mask1(x, blk, bound)
             while m:
                 j = _lowest_bit(m)
@@ -143,7 +155,14 @@ def _collect2(x0, x1, flat, lo, hi, bound, out_pos, out_d):
     for b in range((hi - lo) // BLOCK_WIDE):
         p = lo + b * BLOCK_WIDE
         blk = flat[2 * p : 2 * (p + BLOCK_WIDE)]
-        if _count2(x0, x1, blk, bound) > 0:
+        c = _count2(x0, x1, blk, bound)
+        if c > DENSE // 2:
+            for j in range(BLOCK_WIDE):
+                d = popcount(x0 ^ blk[2 * j]) + popcount(x1 ^ blk[2 * j + 1])
+                out_pos[cnt] = p + j
+                out_d[cnt] = d
+                cnt += d < bound
+        elif c > 0:
             m = _mask2(x0, x1, blk, bound)
             while m:
                 j = _lowest_bit(m)
@@ -322,15 +341,37 @@ def _grown(arr, size, keep):
 
 
 @njit(nogil=True, cache=True)
-def radius(qw, dw, lo, hi, r, nbits, tile, group):
+def _complete(qrow, flat, cnt, r, hit_pos, hit_d):
+    """Add the other words' distances to the ``cnt`` first-word hits and keep those still <= r
+    (in place, in order); return how many are kept."""
+    nw = qrow.shape[0]
+    kept = 0
+    for h in range(cnt):
+        p = hit_pos[h]
+        d = hit_d[h]
+        for w in range(1, nw):
+            d += popcount(qrow[w] ^ flat[p * nw + w])
+        hit_pos[kept] = p
+        hit_d[kept] = d
+        kept += d <= r
+    return kept
+
+
+@njit(nogil=True, cache=True)
+def radius(qw, dw, head, lo, hi, r, nbits, tile, group):
     """Per query, every position in [lo, hi) with distance <= ``r``, sorted by (distance,
     position): (counts (n_query,), positions, distances) with the queries' hits back to back.
 
     Every query of a group scans a tile while it is in cache; the group's hits (query, position,
     distance) arrive in position order per query, so one stable counting sort by (query,
-    distance) puts them in the final order."""
+    distance) puts them in the final order. ``head`` (codes of two or more words; empty: not
+    used) holds every code's first word, contiguous: the scan reads it alone and completes the
+    distance from ``dw`` only where the first word's distance is already <= r (the full
+    distance is never smaller), so it streams half the bytes of 128-bit codes; a query whose
+    tile has too many such first words (:data:`HEAD_GIVE_UP`) scans whole codes from then on."""
     nq = qw.shape[0]
     flat = dw.ravel()
+    use_head = np.zeros(min(group, nq), np.bool_)
     nd = nbits + 2
     hit_pos = np.empty(min(tile, hi - lo), np.int64)  # room for one tile's hits
     hit_d = np.empty(min(tile, hi - lo), np.int64)
@@ -345,10 +386,16 @@ def radius(qw, dw, lo, hi, r, nbits, tile, group):
     for q0 in range(0, nq, group):
         g_n = min(group, nq - q0)
         m = 0
+        use_head[:] = head.shape[0] > 0
         for t0 in range(lo, hi, tile):
             t1 = min(t0 + tile, hi)
             for g in range(g_n):
-                cnt = collect(qw[q0 + g], flat, t0, t1, r + 1, hit_pos, hit_d)
+                if use_head[g]:
+                    cnt = _collect1(qw[q0 + g, 0], head, t0, t1, r + 1, hit_pos, hit_d)
+                    use_head[g] = cnt * HEAD_GIVE_UP <= t1 - t0  # else whole codes from the next tile on
+                    cnt = _complete(qw[q0 + g], flat, cnt, r, hit_pos, hit_d)
+                else:
+                    cnt = collect(qw[q0 + g], flat, t0, t1, r + 1, hit_pos, hit_d)
                 if m + cnt > g_q.shape[0]:
                     g_q, g_pos, g_d = _grown(g_q, m + cnt, m), _grown(g_pos, m + cnt, m), _grown(g_d, m + cnt, m)
                 for h in range(cnt):

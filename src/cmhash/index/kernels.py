@@ -155,6 +155,7 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 
 _nb = None  # the module cmhash.index._numba, once imported
+_NO_HEAD = np.empty(0, dtype=np.uint64)
 
 
 def _numba():
@@ -274,6 +275,14 @@ def _radius_tile(nb, nw: int, tile_bytes: int | None, queries: int) -> int:
     return nb.tile_codes(nw, tile_bytes or (nb.SOLO_TILE_BYTES if queries == 1 else nb.TILE_BYTES))
 
 
+def first_words(dw: np.ndarray) -> np.ndarray | None:
+    """Every code's first uint64 word, contiguous, for codes of two or more words (else None):
+    the ``head`` that lets :func:`radius_numba` stream one word per code instead of all."""
+    if dw.ndim != 2 or dw.shape[1] < 2:
+        return None
+    return np.ascontiguousarray(dw[:, 0], dtype=np.uint64)
+
+
 def topk_numba(
     qw: np.ndarray, dw: np.ndarray, k: int, nbits: int, *, capacity: int | None = None,
     threads: int | None = None, tile_bytes: int | None = None, group: int | None = None,
@@ -308,25 +317,33 @@ def topk_numba(
 
 def radius_numba(
     qw: np.ndarray, dw: np.ndarray, radius: int, nbits: int, *, threads: int | None = None,
-    tile_bytes: int | None = None, group: int | None = None,
+    tile_bytes: int | None = None, group: int | None = None, head: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The numba twin of :func:`radius_numpy` (same results for any ``threads``, tile and
-    query ``group`` size).
+    query ``group`` size, with or without ``head``).
     Many queries are split over the threads; fewer queries than threads split the database
-    (each thread's hits of its range, merged by distance then position)."""
+    (each thread's hits of its range, merged by distance then position). ``head``
+    (:func:`first_words` of ``dw``, kept by the caller) makes codes of two or more words scan
+    their first word only, completing the distance where that word is within the radius."""
     nb, qw, dw, block = _numba_args(qw, dw)
     n, nq, nw, workers = dw.shape[0], qw.shape[0], dw.shape[1], _workers(threads)
     r, group = min(int(radius), int(nbits)), int(group or nb.GROUP)
     if nq == 0:
         return []
+    if head is None or nw < 2:
+        head = _NO_HEAD
+    else:
+        if head.shape != (n,) or head.dtype != np.uint64:
+            raise ValueError(f"head must be the first words of the codes: uint64 ({n},), got {head.dtype} {head.shape}")
+        nw, block = 1, nb.BLOCK  # tiles and cuts in codes of the one word scanned
     if nq >= workers or workers == 1:
         parts = _ranges(0, nq, min(workers, nq), 1)
-        found = _run([lambda s=s, e=e: nb.radius(qw[s:e], dw, 0, n, r, nbits, _radius_tile(nb, nw, tile_bytes, e - s), group)
+        found = _run([lambda s=s, e=e: nb.radius(qw[s:e], dw, head, 0, n, r, nbits, _radius_tile(nb, nw, tile_bytes, e - s), group)
                       for s, e in parts])
         counts, pos, dist = found[0] if len(found) == 1 else (np.concatenate(part) for part in zip(*found))
     else:  # few queries: split the database; ranges ascend in position
         tile = _radius_tile(nb, nw, tile_bytes, nq)
-        found = _run([lambda a=a, b=b: nb.radius(qw, dw, a, b, r, nbits, tile, group)
+        found = _run([lambda a=a, b=b: nb.radius(qw, dw, head, a, b, r, nbits, tile, group)
                       for a, b in _ranges(0, n, min(workers, max(1, n // block)), block)])
         with_hits = [part for part in found if part[1].shape[0]]
         if len(with_hits) <= 1:  # the only range with hits holds the result as it is
