@@ -206,8 +206,8 @@ def test_run_gives_results_in_task_order_and_waits_for_every_task_before_an_erro
 
 @needs_numba
 def test_threads_work_in_a_forked_child():
-    """A child forked after the helper threads started has none: it must start its own, not wait
-    on a queue nobody reads."""
+    """A child forked after the helper threads started has none: it starts its own (else the
+    caller would run every share itself, one thread)."""
     import multiprocessing
 
     qw, dw, dist, order = tied_problem(64)
@@ -222,11 +222,16 @@ def test_threads_work_in_a_forked_child():
         child.join()
         pytest.fail("the forked child's threaded search hung")
     assert child.exitcode == 0
-    np.testing.assert_array_equal(queue.get(timeout=10), order[:1, :5])
+    idx, helpers = queue.get(timeout=10)
+    np.testing.assert_array_equal(idx, order[:1, :5])
+    assert helpers >= 1
 
 
 def _forked_search(queue, qw, dw):
-    queue.put(kernels.topk_numba(qw[:1], dw, 5, 64, threads=2)[0])
+    import threading
+
+    idx = kernels.topk_numba(qw[:1], dw, 5, 64, threads=2)[0]
+    queue.put((idx, sum(t.name.startswith("cmhash-index") and t.is_alive() for t in threading.enumerate())))
 
 
 def test_importing_the_index_does_not_import_numba():

@@ -207,7 +207,7 @@ class _Batch:
 
 
 _HELPERS_LOCK = threading.Lock()
-_helpers: tuple[int, queue.SimpleQueue, list[threading.Thread]] | None = None  # (pid, work queue, threads)
+_helpers: tuple[queue.SimpleQueue, list[threading.Thread]] | None = None  # (work queue, threads)
 
 
 def _helper(work: queue.SimpleQueue) -> None:
@@ -216,18 +216,28 @@ def _helper(work: queue.SimpleQueue) -> None:
 
 
 def _work_queue(helpers: int) -> queue.SimpleQueue:
-    """The queue of at least ``helpers`` helper threads, started on first need (and again in a
-    forked child, which inherits the queue but not the threads)."""
+    """The queue of at least ``helpers`` helper threads, started on first need."""
     global _helpers
     with _HELPERS_LOCK:
-        if _helpers is None or _helpers[0] != os.getpid():
-            _helpers = (os.getpid(), queue.SimpleQueue(), [])
-        _, work, threads = _helpers
+        if _helpers is None:
+            _helpers = (queue.SimpleQueue(), [])
+        work, threads = _helpers
         while len(threads) < helpers:
             thread = threading.Thread(target=_helper, args=(work,), name=f"cmhash-index-{len(threads)}", daemon=True)
             thread.start()
             threads.append(thread)
         return work
+
+
+def _forget_helpers() -> None:
+    """In a forked child: the parent's helper threads are not there (and the lock may have been
+    held by one of its threads), so start afresh."""
+    global _HELPERS_LOCK, _helpers
+    _HELPERS_LOCK, _helpers = threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers)
 
 
 def _run(tasks, threads: int | None = None) -> list:
