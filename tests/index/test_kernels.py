@@ -30,7 +30,7 @@ def tied_problem(nbits, n=1500, nq=9, pool=30, seed=0):
 
 
 def heads(dw):
-    """Radius search without and, for codes of two or more words, with the first-word scan."""
+    """Searches without and, for codes of two or more words, with the first-word scan."""
     head = kernels.first_words(dw)
     return (None,) if head is None else (None, head)
 
@@ -49,9 +49,10 @@ def test_topk_equals_stable_brute_force(nbits):
         ref_d = np.take_along_axis(dist, ref, axis=1)
         for threads in (1, 2, 3):
             for tile_bytes, group in SETTINGS:
-                for rows in (slice(0, 1), slice(0, 9)):  # one query splits the database over threads
+                # one query splits the database over threads
+                for rows, head in itertools.product((slice(0, 1), slice(0, 9)), heads(dw)):
                     idx, d = kernels.topk_numba(qw[rows], dw, k, nbits, threads=threads,
-                                                tile_bytes=tile_bytes, group=group)
+                                                tile_bytes=tile_bytes, group=group, head=head)
                     np.testing.assert_array_equal(idx, ref[rows])
                     np.testing.assert_array_equal(d, ref_d[rows])
         for capacity in (k + 1, 2 * k + 3):  # buffers that fill and compact often
@@ -126,8 +127,10 @@ def test_one_query_split_over_threads_merges_ties_across_the_cuts(nbits):
     order = np.argsort(dist, axis=1, kind="stable")
     for threads in (1, 2, 3, 4):
         for tile_bytes, group in SETTINGS:
-            for k in (1, 5, 11, 12, 40):  # 11 copies at d = 0 (two at each of the 5 distinct cuts, the last code)
-                idx, d = kernels.topk_numba(qw, dw, k, nbits, threads=threads, tile_bytes=tile_bytes, group=group)
+            # 11 copies at d = 0 (two at each of the 5 distinct cuts, the last code)
+            for k, head in itertools.product((1, 5, 11, 12, 40), heads(dw)):
+                idx, d = kernels.topk_numba(qw, dw, k, nbits, threads=threads, tile_bytes=tile_bytes, group=group,
+                                            head=head)
                 np.testing.assert_array_equal(idx, order[:, :k])
                 np.testing.assert_array_equal(d, np.take_along_axis(dist, order[:, :k], axis=1))
             for radius, head in itertools.product((0, 1, nbits // 2, nbits, nbits + 1), heads(dw)):
@@ -154,10 +157,41 @@ def test_default_tiles_on_a_database_larger_than_a_tile(nbits):
                 for (pos, d), (e_pos, e_d) in zip(got, stable_radius(dist[rows], radius)):
                     np.testing.assert_array_equal(pos, e_pos)
                     np.testing.assert_array_equal(d, e_d)
-            for k in (1, 100, 5000):
-                idx, d = kernels.topk_numba(qw[rows], dw, k, nbits, threads=threads)
+            for k, head in itertools.product((1, 100, 5000), heads(dw)):
+                idx, d = kernels.topk_numba(qw[rows], dw, k, nbits, threads=threads, head=head)
                 np.testing.assert_array_equal(idx, order[rows, :k])
                 np.testing.assert_array_equal(d, np.take_along_axis(dist[rows], order[rows, :k], axis=1))
+
+
+@needs_numba
+@pytest.mark.parametrize("nbits", [72, 128, 264])
+def test_first_word_scan_where_it_is_used(nbits):
+    """Random codes with near copies of the queries spread through them: the k-th distance drops
+    low at once and few first words are close, so the searches scan first words (``head``)."""
+    rng = np.random.default_rng(nbits)
+    n, nq = 20_000, 3
+    db = rng.choice([-1, 1], size=(n, nbits)).astype(np.int8)
+    query = rng.choice([-1, 1], size=(nq, nbits)).astype(np.int8)
+    at = rng.choice(n, size=(nq, 150), replace=False)
+    for q in range(nq):
+        near = np.repeat(query[q : q + 1], 150, axis=0)
+        flips = rng.random(near.shape) < rng.uniform(0, 0.08, size=(150, 1))  # 0 to ~8% of bits, ties
+        db[at[q]] = np.where(flips, -near, near)
+    dist = (query[:, None, :] != db[None, :, :]).sum(axis=2)
+    order = np.argsort(dist, axis=1, kind="stable")
+    qw, dw = kernels.to_words(pack(query).data), kernels.to_words(pack(db).data)
+    head = kernels.first_words(dw)
+    for threads in (1, 2):
+        for rows in (slice(0, 1), slice(0, 3)):
+            for k in (1, 10, 100):
+                idx, d = kernels.topk_numba(qw[rows], dw, k, nbits, threads=threads, head=head)
+                np.testing.assert_array_equal(idx, order[rows, :k])
+                np.testing.assert_array_equal(d, np.take_along_axis(dist[rows], order[rows, :k], axis=1))
+            for radius in (0, 3, nbits // 10):
+                got = kernels.radius_numba(qw[rows], dw, radius, nbits, threads=threads, head=head)
+                for (pos, d), (e_pos, e_d) in zip(got, stable_radius(dist[rows], radius)):
+                    np.testing.assert_array_equal(pos, e_pos)
+                    np.testing.assert_array_equal(d, e_d)
 
 
 @needs_numba
@@ -165,6 +199,8 @@ def test_a_head_that_is_not_the_codes_first_words_is_refused():
     qw, dw, _, _ = tied_problem(128, n=50)
     with pytest.raises(ValueError, match="head must be the first words"):
         kernels.radius_numba(qw, dw, 3, 128, head=kernels.first_words(dw)[:-1])
+    with pytest.raises(ValueError, match="head must be the first words"):
+        kernels.topk_numba(qw, dw, 3, 128, head=kernels.first_words(dw).astype(np.int64))
     assert kernels.first_words(kernels.to_words(np.zeros((4, 8), np.uint8))) is None  # one word: no head
 
 

@@ -33,6 +33,9 @@ DENSE = 8
 #: a lone query stops scanning first words (``head``) once more than 1/HEAD_GIVE_UP of a tile's
 #: codes have a first word within the radius: completing so many costs more than it saves
 HEAD_GIVE_UP = 32
+#: top-k scans first words only once its bound is at most this: a first word unrelated to the
+#: query's (64 fair coin flips) is then below the bound with probability ~1.5% (< 1/HEAD_GIVE_UP)
+HEAD_TOPK_BOUND = 24
 #: bytes of database codes scanned by every query of a group while they are in cache
 TILE_BYTES = 32768
 #: bytes of codes a lone query scans between hand-offs of its hits (no cache to share: larger)
@@ -245,17 +248,20 @@ def tile_codes(nw: int, tile_bytes: int = TILE_BYTES) -> int:
 
 
 @njit(nogil=True, cache=True)
-def topk(qw, dw, lo, hi, k, nbits, capacity, tile, group, idx_out, dist_out):
+def topk(qw, dw, head, lo, hi, k, nbits, capacity, tile, group, idx_out, dist_out):
     """Top-``k`` positions in [lo, hi) of each query (requires k <= hi - lo), sorted by
     (distance, position), into ``idx_out``/``dist_out`` (n_query x k).
 
     Per query: a candidate buffer, the histogram of its distances, and the bound b (only d < b
     can still enter): the k-th smallest candidate distance once there are k candidates, lowered
     after every push that makes it smaller, so the bound is always as tight as the items seen
-    allow. ``below`` counts the candidates with d < b."""
+    allow. ``below`` counts the candidates with d < b. ``head`` (as in :func:`radius`; empty:
+    not used) is scanned instead of whole codes once b <= :data:`HEAD_TOPK_BOUND`, until a tile
+    has too many codes whose first word is below b."""
     nq = qw.shape[0]
     flat = dw.ravel()
     g_max = min(group, nq)
+    use_head = np.zeros(g_max, np.bool_)
     cand_i = np.empty((g_max, capacity), np.int64)
     cand_d = np.empty((g_max, capacity), np.int64)
     hist = np.zeros((g_max, nbits + 2), np.int64)
@@ -273,6 +279,7 @@ def topk(qw, dw, lo, hi, k, nbits, capacity, tile, group, idx_out, dist_out):
         fill[:] = 0
         below[:] = 0
         bound[:] = nbits + 1  # accept everything until there are k candidates
+        use_head[:] = head.shape[0] > 0
         # Tiles start at a few blocks and double up to ``tile``: the first codes are all hits
         # (no bound yet), so a short first tile sets a bound before most of a tile is handed over.
         size = min(tile, first)
@@ -280,7 +287,12 @@ def topk(qw, dw, lo, hi, k, nbits, capacity, tile, group, idx_out, dist_out):
         while t0 < hi:
             t1 = min(t0 + size, hi)
             for g in range(g_n):
-                cnt = collect(qw[q0 + g], flat, t0, t1, bound[g], hit_pos, hit_d)
+                if use_head[g] and bound[g] <= HEAD_TOPK_BOUND:
+                    cnt = _collect1(qw[q0 + g, 0], head, t0, t1, bound[g], hit_pos, hit_d)
+                    use_head[g] = cnt * HEAD_GIVE_UP <= t1 - t0
+                    cnt = _complete(qw[q0 + g], flat, cnt, bound[g] - 1, hit_pos, hit_d)
+                else:
+                    cnt = collect(qw[q0 + g], flat, t0, t1, bound[g], hit_pos, hit_d)
                 m, b, c = fill[g], bound[g], below[g]
                 h_g = hist[g]
                 for h in range(cnt):

@@ -66,7 +66,7 @@ class HammingIndex:
         self._n = 0
         self._ids: np.ndarray | None = None  # None: ids are insertion positions
         self._wide: np.ndarray | None = None  # uint64 copy of narrow words for the numba kernel
-        self._head: np.ndarray | None = None  # codes over 64 bits: every first word, for radius search
+        self._head: np.ndarray | None = None  # codes over 64 bits: every first word, for the scans
         self._payloads: list[Payload | None] | None = None  # per position; None: no item has one
         self._id_order: tuple[np.ndarray, np.ndarray] | None = None  # (ids array, its argsort)
         self.threads: int | None = None  # threads of the numba kernels (None: every core)
@@ -199,7 +199,8 @@ class HammingIndex:
             pos = np.empty((qw.shape[0], k), dtype=np.int64)
             dist = np.empty((qw.shape[0], k), dtype=np.uint16)
         elif self.kernel == "numba":
-            pos, dist = kernels.topk_numba(qw, self._numba_words(), k, self._nbits, threads=self.threads)
+            words = self._numba_words()
+            pos, dist = kernels.topk_numba(qw, words, k, self._nbits, threads=self.threads, head=self._first_words(words))
         else:
             pos, dist = kernels.topk_numpy(qw, self._words[: self._n], k, self._nbits)
         return self._to_ids(pos), dist
@@ -233,8 +234,8 @@ class HammingIndex:
 
     def _first_words(self, words: np.ndarray) -> np.ndarray | None:
         """Codes over 64 bits: the first word of every code, contiguous (8 bytes per code), which
-        the numba radius search streams instead of whole codes; built on first use and kept
-        until the codes change. None for codes of one word."""
+        the numba searches stream instead of whole codes where it suffices; built on first use
+        and kept until the codes change. None for codes of one word."""
         if words.shape[1] < 2:
             return None
         if self._head is None or len(self._head) != self._n:

@@ -285,6 +285,15 @@ def _radius_tile(nb, nw: int, tile_bytes: int | None, queries: int) -> int:
     return nb.tile_codes(nw, tile_bytes or (nb.SOLO_TILE_BYTES if queries == 1 else nb.TILE_BYTES))
 
 
+def _checked_head(head: np.ndarray | None, dw: np.ndarray) -> np.ndarray:
+    """``head`` as the kernels take it (empty: none), checked against the codes' words."""
+    if head is None or dw.shape[1] < 2:
+        return _NO_HEAD
+    if head.shape != (dw.shape[0],) or head.dtype != np.uint64:
+        raise ValueError(f"head must be the first words of the codes: uint64 ({dw.shape[0]},), got {head.dtype} {head.shape}")
+    return head
+
+
 def first_words(dw: np.ndarray) -> np.ndarray | None:
     """Every code's first uint64 word, contiguous, for codes of two or more words (else None):
     the ``head`` that lets :func:`radius_numba` stream one word per code instead of all."""
@@ -296,16 +305,20 @@ def first_words(dw: np.ndarray) -> np.ndarray | None:
 def topk_numba(
     qw: np.ndarray, dw: np.ndarray, k: int, nbits: int, *, capacity: int | None = None,
     threads: int | None = None, tile_bytes: int | None = None, group: int | None = None,
+    head: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The numba twin of :func:`topk_numpy`: same results for any ``threads``, buffer
-    ``capacity`` (candidates per query), tile and query ``group`` size.
+    ``capacity`` (candidates per query), tile and query ``group`` size, with or without ``head``.
 
     Many queries are split over the threads; fewer queries than threads split the database
-    instead (each thread's top-k of its range, merged by distance then position)."""
+    instead (each thread's top-k of its range, merged by distance then position). ``head``
+    (:func:`first_words`) lets codes of two or more words scan their first word only once a
+    query's k-th distance is small (see ``_numba.topk``)."""
     n = dw.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     nb, qw, dw, block = _numba_args(qw, dw)
+    head = _checked_head(head, dw)
     capacity = max(k + 1, 4 * k, 1024) if capacity is None else max(int(capacity), k + 1)
     group = int(group or nb.GROUP)
     nq, workers, tile = qw.shape[0], _workers(threads), nb.tile_codes(dw.shape[1], tile_bytes or nb.TILE_BYTES)
@@ -313,13 +326,13 @@ def topk_numba(
     dist_out = np.empty((nq, k), dtype=np.uint16)
     if nq >= workers or workers == 1 or n < 2 * k:
         parts = _ranges(0, nq, min(workers, nq), 1)
-        _run([lambda s=s, e=e: nb.topk(qw[s:e], dw, 0, n, k, nbits, capacity, tile, group, idx_out[s:e], dist_out[s:e])
+        _run([lambda s=s, e=e: nb.topk(qw[s:e], dw, head, 0, n, k, nbits, capacity, tile, group, idx_out[s:e], dist_out[s:e])
               for s, e in parts])
         return idx_out, dist_out
     ranges = _ranges(0, n, min(workers, n // k), block)
     parts_i = np.empty((len(ranges), nq, k), dtype=np.int64)
     parts_d = np.empty((len(ranges), nq, k), dtype=np.uint16)
-    _run([lambda p=p, a=a, b=b: nb.topk(qw, dw, a, b, k, nbits, capacity, tile, group, parts_i[p], parts_d[p])
+    _run([lambda p=p, a=a, b=b: nb.topk(qw, dw, head, a, b, k, nbits, capacity, tile, group, parts_i[p], parts_d[p])
           for p, (a, b) in enumerate(ranges)])
     nb.merge_topk(parts_i, parts_d, k, nbits, idx_out, dist_out)
     return idx_out, dist_out
@@ -340,11 +353,8 @@ def radius_numba(
     r, group = min(int(radius), int(nbits)), int(group or nb.GROUP)
     if nq == 0:
         return []
-    if head is None or nw < 2:
-        head = _NO_HEAD
-    else:
-        if head.shape != (n,) or head.dtype != np.uint64:
-            raise ValueError(f"head must be the first words of the codes: uint64 ({n},), got {head.dtype} {head.shape}")
+    head = _checked_head(head, dw)
+    if head.shape[0]:
         nw, block = 1, nb.BLOCK  # tiles and cuts in codes of the one word scanned
     if nq >= workers or workers == 1:
         parts = _ranges(0, nq, min(workers, nq), 1)
