@@ -64,10 +64,10 @@ def test_range_search_equals_brute_force(nbits, backend):
     assert index.range_search(query[:1], 0)[0][0].size >= 1  # a query that is in the database
 
 
-@pytest.mark.parametrize("nbits", [72, 128, 264])
-def test_range_search_follows_adds_removes_and_upserts(nbits):
-    """Codes over 64 bits keep a copy of their first words for the radius scan: every change of
-    the codes must show in the next search (numba) as it does in the numpy backend."""
+@pytest.mark.parametrize("nbits", [64, 72, 128, 264])
+def test_searches_follow_adds_removes_and_upserts(nbits):
+    """Codes over 64 bits keep a copy of their first words for the scans: every change of the
+    codes must show in the next search (numba) as it does in the numpy backend."""
     rng = np.random.default_rng(nbits)
     db = tied_codes(rng, 900, nbits, pool=40)
     query = np.vstack([db[:2], tied_codes(rng, 3, nbits, pool=40)])
@@ -85,6 +85,10 @@ def test_range_search_follows_adds_removes_and_upserts(nbits):
                         hit = hit[np.argsort(row[hit], kind="stable")]
                         np.testing.assert_array_equal(got_ids, ids[hit])
                         np.testing.assert_array_equal(d, row[hit])
+                order = np.argsort(dist, axis=1, kind="stable")[:, :20]
+                got_ids, d = index.search(query, 20)
+                np.testing.assert_array_equal(got_ids, ids[order])
+                np.testing.assert_array_equal(d, np.take_along_axis(dist, order, axis=1))
 
     for index in indexes:
         index.add(db[:500], ids=np.arange(500))
