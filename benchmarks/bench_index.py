@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/bench_index.py              # 546-820 s on the shared 2-core machine (load 5-13)
     PYTHONPATH=src python benchmarks/bench_index.py --n 200000 --save-n 1000000   # a quick look
+    PYTHONPATH=src python benchmarks/bench_index.py --ops radius --batches 1 --bits 64 --out /tmp/r.json  # some cells
 
 Paths, timed in the same run with repetitions interleaved (path A, B, C, A, B, C, ...; best kept):
 - ``cmhash``: ``HammingIndex(backend="numba")`` with ``index.threads`` = 1 or 2,
@@ -12,7 +13,9 @@ Paths, timed in the same run with repetitions interleaved (path A, B, C, A, B, C
   the whole database, split over the same threads): what any exact scan has to do.
 
 Cells: 64/128 bits x random/clustered codes x batch 1/1000 x k 10/100 x 1/2 threads for top-k;
-radius 2/8 for range search; save/load of ``--save-n`` codes against faiss write/read. Each cell
+radius 2/8 for range search; save/load of ``--save-n`` codes against faiss write/read
+(``--ops``, ``--bits``, ``--codes``, ``--threads``, ``--batches``, ``--ks``, ``--radii`` pick a
+subset; the targets printed at the end then cover only the cells run). Each cell
 reports the ratios cmhash speed / faiss speed and floor time / cmhash time (1.0 = at the floor).
 Every cell checks that cmhash and faiss return the same distances, and cmhash's ids equal the
 numpy backend's (the reference kernel) on the first queries. ``uptime``'s load average is
@@ -112,8 +115,8 @@ def interleaved(fns: dict, repeats: int) -> dict[str, float]:
 
 def search_cells(args, faiss, rng) -> list[dict]:
     rows = []
-    for nbits in (64, 128):
-        for kind in ("random", "clustered"):
+    for nbits in args.bits:
+        for kind in args.codes:
             db, queries = make_codes(rng, kind, args.n, max(args.batches), nbits)
             index = HammingIndex.from_codes(PackedCodes(db, nbits), backend="numba")
             ref = HammingIndex.from_codes(PackedCodes(db, nbits), backend="numpy")
@@ -122,7 +125,7 @@ def search_cells(args, faiss, rng) -> list[dict]:
                 flat = faiss.IndexBinaryFlat(nbits)
                 flat.add(db)
             dw = kernels.to_words(db).astype(np.uint64)
-            for threads in (1, 2):
+            for threads in args.threads:
                 index.threads = threads
                 floor = floor_scan(threads)
                 if faiss is not None:
@@ -131,7 +134,7 @@ def search_cells(args, faiss, rng) -> list[dict]:
                     q = PackedCodes(queries[:batch], nbits)
                     qw = kernels.to_words(q.data).astype(np.uint64)
                     calls = max(1, args.batch1_calls // batch)  # small batches: several calls per timing
-                    for k in (10, 100):
+                    for k in args.ks if "topk" in args.ops else ():
                         fns = {"cmhash": lambda: [index.search(q, k) for _ in range(calls)],
                                "floor": lambda: [floor(qw, dw, 5) for _ in range(calls)]}
                         if flat is not None:
@@ -139,7 +142,7 @@ def search_cells(args, faiss, rng) -> list[dict]:
                         rows.append(cell(args, "topk", nbits, kind, threads, batch, calls, fns,
                                          {"k": k}, lambda: index.search(q, k), lambda: ref.search(q[:4], k),
                                          (lambda: flat.search(q.data, k)) if flat is not None else None))
-                    for r in (2, 8):
+                    for r in args.radii if "radius" in args.ops else ():
                         fns = {"cmhash": lambda: [index.range_search(q, r) for _ in range(calls)],
                                "floor": lambda: [floor(qw, dw, r + 1) for _ in range(calls)]}
                         if flat is not None:
@@ -187,7 +190,7 @@ def _same(op, got, ref, theirs):
 
 def save_load_cells(args, faiss, rng) -> list[dict]:
     rows = []
-    for nbits in (64, 128):
+    for nbits in args.bits:
         db = rng.integers(0, 256, size=(args.save_n, nbits // 8), dtype=np.uint8)
         index = HammingIndex.from_codes(PackedCodes(db, nbits))
         flat = None
@@ -232,9 +235,21 @@ def main() -> None:
     parser.add_argument("--save-n", type=int, default=10_000_000, help="codes saved and loaded")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds; the best is kept")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ops", default="topk,radius,save", help="which of topk, radius, save to time")
+    parser.add_argument("--bits", default="64,128", help="code lengths (multiples of 8)")
+    parser.add_argument("--codes", default="random,clustered", help="which of random, clustered codes")
+    parser.add_argument("--threads", default="1,2", help="thread counts")
+    parser.add_argument("--ks", default="10,100", help="top-k depths")
+    parser.add_argument("--radii", default="2,8", help="range-search radii")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    args.batches = [int(b) for b in str(args.batches).split(",")]
+    for name in ("batches", "bits", "threads", "ks", "radii"):
+        setattr(args, name, [int(v) for v in str(getattr(args, name)).split(",")])
+    args.ops, args.codes = str(args.ops).split(","), str(args.codes).split(",")
+    if not set(args.ops) <= {"topk", "radius", "save"} or not set(args.codes) <= {"random", "clustered"}:
+        raise SystemExit(f"--ops takes topk,radius,save and --codes random,clustered; got {args.ops} and {args.codes}")
+    if any(b % 8 for b in args.bits):
+        raise SystemExit(f"--bits must be multiples of 8, got {args.bits}")
     if not kernels.HAVE_NUMBA:
         raise SystemExit("this benchmark times the numba kernels: pip install 'cmhash[fast]'")
     try:
@@ -248,8 +263,8 @@ def main() -> None:
     started = time.perf_counter()
     HammingIndex.from_codes(PackedCodes(np.zeros((64, 8), np.uint8), 64), backend="numba").search(
         PackedCodes(np.zeros((1, 8), np.uint8), 64), 1)  # compile (or load the cache) outside the timing
-    rows = search_cells(args, faiss, rng)
-    rows += save_load_cells(args, faiss, rng)
+    rows = search_cells(args, faiss, rng) if {"topk", "radius"} & set(args.ops) else []
+    rows += save_load_cells(args, faiss, rng) if "save" in args.ops else []
     load_after = uptime()
     print(f"{load_after}; {time.perf_counter() - started:.0f} s")
     targets = summary(rows, faiss is not None)
@@ -275,22 +290,26 @@ def summary(rows: list[dict], have_faiss: bool) -> dict:
     radius = [r for r in rows if r["op"] == "radius"]
     saves = [r for r in rows if r["op"] == "save/load"]
     out = {"topk_min_over_faiss": min((r["cmhash_over_faiss"] for r in topk), default=None) if have_faiss else None,
-           "topk_min_floor_over_cmhash": min(r["floor_over_cmhash"] for r in topk),
+           "topk_min_floor_over_cmhash": min((r["floor_over_cmhash"] for r in topk), default=None),
            "radius_min_over_faiss": min((r["cmhash_over_faiss"] for r in radius), default=None) if have_faiss else None,
            "save_max_over_faiss_write": max((r.get("save_over_faiss_write", 0) for r in saves), default=None),
            "load_max_over_faiss_read": max((r.get("load_over_faiss_read", 0) for r in saves), default=None),
            "all_results_equal": all(r["same_ids_as_numpy_backend"] and r["same_distances_as_faiss"] is not False
                                     for r in topk + radius) and all(r["round_trip_same_codes"] for r in saves)}
-    lines = [f"top-k >= 1.5x faiss in every cell: {out['topk_min_over_faiss'] is not None and out['topk_min_over_faiss'] >= 1.5}"
-             f" (min {out['topk_min_over_faiss']}x)",
-             f"top-k within 1.5x of the floor in every cell: {out['topk_min_floor_over_cmhash'] >= 1 / 1.5}"
-             f" (worst floor/cmhash {out['topk_min_floor_over_cmhash']})",
-             f"radius >= 1.5x faiss in every cell: {out['radius_min_over_faiss'] is not None and out['radius_min_over_faiss'] >= 1.5}"
-             f" (min {out['radius_min_over_faiss']}x)",
-             f"save within 2x of faiss write: {bool(out['save_max_over_faiss_write']) and out['save_max_over_faiss_write'] <= 2}"
-             f" (worst {out['save_max_over_faiss_write']}x); load within 2x of faiss read: "
-             f"{bool(out['load_max_over_faiss_read']) and out['load_max_over_faiss_read'] <= 2} (worst {out['load_max_over_faiss_read']}x)",
-             f"every result equal (ids vs the numpy backend, distances vs faiss, save round trip): {out['all_results_equal']}"]
+    lines = []
+    if topk:
+        lines += [f"top-k >= 1.5x faiss in every cell: {out['topk_min_over_faiss'] is not None and out['topk_min_over_faiss'] >= 1.5}"
+                  f" (min {out['topk_min_over_faiss']}x)",
+                  f"top-k within 1.5x of the floor in every cell: {out['topk_min_floor_over_cmhash'] >= 1 / 1.5}"
+                  f" (worst floor/cmhash {out['topk_min_floor_over_cmhash']})"]
+    if radius:
+        lines += [f"radius >= 1.5x faiss in every cell: {out['radius_min_over_faiss'] is not None and out['radius_min_over_faiss'] >= 1.5}"
+                  f" (min {out['radius_min_over_faiss']}x)"]
+    if saves:
+        lines += [f"save within 2x of faiss write: {bool(out['save_max_over_faiss_write']) and out['save_max_over_faiss_write'] <= 2}"
+                  f" (worst {out['save_max_over_faiss_write']}x); load within 2x of faiss read: "
+                  f"{bool(out['load_max_over_faiss_read']) and out['load_max_over_faiss_read'] <= 2} (worst {out['load_max_over_faiss_read']}x)"]
+    lines += [f"every result equal (ids vs the numpy backend, distances vs faiss, save round trip): {out['all_results_equal']}"]
     out["lines"] = lines
     return out
 

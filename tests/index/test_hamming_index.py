@@ -64,6 +64,54 @@ def test_range_search_equals_brute_force(nbits, backend):
     assert index.range_search(query[:1], 0)[0][0].size >= 1  # a query that is in the database
 
 
+@pytest.mark.parametrize("nbits", [64, 72, 128, 264])
+def test_searches_follow_adds_removes_and_upserts(nbits):
+    """Codes over 64 bits keep a copy of their first words for the scans: every change of the
+    codes must show in the next search (numba) as it does in the numpy backend."""
+    rng = np.random.default_rng(nbits)
+    db = tied_codes(rng, 900, nbits, pool=40)
+    query = np.vstack([db[:2], tied_codes(rng, 3, nbits, pool=40)])
+    indexes = [HammingIndex(nbits, backend=b) for b in BACKENDS]
+
+    def same_as_brute_force():
+        ids = indexes[0].ids
+        dist, _ = brute_force(query, unpack_codes(indexes[0]))
+        for index in indexes:
+            for threads in (1, 2):
+                index.threads = threads
+                for radius in (0, 3, nbits // 4):
+                    for row, (got_ids, d) in zip(dist, index.range_search(query, radius)):
+                        hit = np.flatnonzero(row <= radius)
+                        hit = hit[np.argsort(row[hit], kind="stable")]
+                        np.testing.assert_array_equal(got_ids, ids[hit])
+                        np.testing.assert_array_equal(d, row[hit])
+                order = np.argsort(dist, axis=1, kind="stable")[:, :20]
+                got_ids, d = index.search(query, 20)
+                np.testing.assert_array_equal(got_ids, ids[order])
+                np.testing.assert_array_equal(d, np.take_along_axis(dist, order, axis=1))
+
+    for index in indexes:
+        index.add(db[:500], ids=np.arange(500))
+    same_as_brute_force()
+    for index in indexes:
+        index.add(db[500:], ids=np.arange(500, 900))
+    same_as_brute_force()
+    for index in indexes:
+        index.remove(np.arange(0, 900, 3))
+    same_as_brute_force()
+    present = indexes[0].ids[:50].copy()
+    for index in indexes:  # as many items as before, other codes at the same positions
+        index.upsert(db[-50:], ids=present)  # present ids move to the end with new codes
+    assert len(indexes[0]) == 600
+    same_as_brute_force()
+
+
+def unpack_codes(index):
+    """The index's codes as {-1,+1} rows in insertion order."""
+    bits = np.unpackbits(index.codes.data, axis=1, count=index.nbits)
+    return bits.astype(np.int8) * 2 - 1
+
+
 @pytest.mark.parametrize("nbits", [24, 128, 264])
 def test_kernels_agree_across_tiles_and_buffer_sizes(nbits):
     """Tiny tiles (numpy merge path) and a tiny candidate buffer (numba compaction) change nothing."""
@@ -171,8 +219,11 @@ def test_empty_index_and_empty_queries():
     assert ids.shape == d.shape == (3, 0)
     assert [len(i) for i, _ in index.range_search(query, 64)] == [0, 0, 0]
     index.add(query)
-    ids, d = index.search(PackedCodes(np.empty((0, 8), np.uint8), 64), 5)
-    assert ids.shape == (0, 3)
+    for threads in (1, 2):  # no queries: nothing to split over threads
+        index.threads = threads
+        ids, d = index.search(PackedCodes(np.empty((0, 8), np.uint8), 64), 5)
+        assert ids.shape == (0, 3)
+        assert index.range_search(PackedCodes(np.empty((0, 8), np.uint8), 64), 3) == []
 
 
 def test_growth_keeps_every_code():

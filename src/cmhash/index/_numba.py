@@ -2,10 +2,12 @@
 
 The hot loop (:func:`collect`) walks a range of codes in blocks of :data:`BLOCK` and first counts,
 without branches, how many codes of the block are below the bound; only a block with a hit is
-walked again to write its hits out. Loops start at a constant 0 over slices, so LLVM sees
-non-negative indices (no wraparound code) and vectorises the counting loop (AVX2/AVX-512 popcount
-where the CPU has it; codes of two words too). Callers scan the database tile by tile
-(:data:`TILE_BYTES` of codes) and run every query of a group over a tile while it sits in cache.
+walked again to write its hits out (codes of one and two words: through a bit mask of its hits,
+so the rewalk costs per hit). Loops start at a constant 0 over slices, so LLVM sees non-negative
+indices (no wraparound code) and vectorises the counting loop (AVX2/AVX-512 popcount where the
+CPU has it; codes of two words too). Callers scan the database tile by tile (:data:`TILE_BYTES`
+of codes) and run every query of a group over a tile while it sits in cache (a lone radius
+query: :data:`SOLO_TILE_BYTES`; top-k tiles grow from ~2k codes to a full tile).
 
 Top-k keeps, per query, a candidate buffer compacted to the best k through a distance histogram
 when full, and a bound kept at the k-th smallest distance seen: only d < it can enter (an equal
@@ -17,15 +19,27 @@ way. Results are exact and do not depend on tile, block or group sizes.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from cmhash._popcount import popcount
 
 #: codes per branch-free check, for codes of one word and of more words
 BLOCK = 64
 BLOCK_WIDE = 32
+#: hits in a block of BLOCK codes above which it is rewalked code by code, not hit by hit
+DENSE = 8
+#: a lone query stops scanning first words (``head``) once more than 1/HEAD_GIVE_UP of a tile's
+#: codes have a first word within the radius: completing so many costs more than it saves
+HEAD_GIVE_UP = 32
+#: top-k scans first words only once its bound is at most this: a first word unrelated to the
+#: query's (64 fair coin flips) is then below the bound with probability ~1.5% (< 1/HEAD_GIVE_UP)
+HEAD_TOPK_BOUND = 24
 #: bytes of database codes scanned by every query of a group while they are in cache
 TILE_BYTES = 32768
+#: bytes of codes a lone query scans between hand-offs of its hits (no cache to share: larger)
+SOLO_TILE_BYTES = 262144
 #: queries that share a tile
 GROUP = 32
 
@@ -77,6 +91,36 @@ def _append(qrow, blk, p, b, bound, out_pos, out_d, cnt):
     return cnt
 
 
+@intrinsic
+def _lowest_bit(typingctx, x):
+    """The index of the lowest set bit of a nonzero uint64 (llvm.cttz: one TZCNT), as int64."""
+    if not isinstance(x, types.Integer) or x.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return types.int64(x), codegen
+
+
+# A block with hits is walked again as a bit mask of its hits (a vectorised pass over codes
+# still in L1), then bit by bit: the cost follows the hits, not the block length.
+@njit(nogil=True, cache=True)
+def _mask1(x, blk, bound):
+    m = np.uint64(0)
+    for j in range(BLOCK):
+        m |= np.uint64(popcount(x ^ blk[j]) < bound) << np.uint64(j)
+    return m
+
+
+@njit(nogil=True, cache=True)
+def _mask2(x0, x1, blk, bound):
+    m = np.uint64(0)
+    for j in range(BLOCK_WIDE):
+        m |= np.uint64(popcount(x0 ^ blk[2 * j]) + popcount(x1 ^ blk[2 * j + 1]) < bound) << np.uint64(j)
+    return m
+
+
 @njit(nogil=True, cache=True)
 def _collect1(x, flat, lo, hi, bound, out_pos, out_d):
     """:func:`collect` for codes of one word."""
@@ -84,17 +128,26 @@ def _collect1(x, flat, lo, hi, bound, out_pos, out_d):
     for b in range((hi - lo) // BLOCK):  # whole blocks: count first, write only blocks with hits
         p = lo + b * BLOCK
         blk = flat[p : p + BLOCK]
-        if _count1(x, blk, bound) > 0:  # rare once a top-k bound is tight
+        c = _count1(x, blk, bound)
+        if c > DENSE:  # many hits: write every code, branch-free (a miss is overwritten)
             for j in range(BLOCK):
                 d = popcount(x ^ blk[j])
                 out_pos[cnt] = p + j
                 out_d[cnt] = d
-                cnt += d < bound  # branch-free: a miss is overwritten by the next code
+                cnt += d < bound
+        elif c > 0:  # a few hits (the usual case once a top-k bound is tight): visit those only
+            m = _mask1(x, blk, bound)
+            while m:
+                j = _lowest_bit(m)
+                out_pos[cnt] = p + j
+                out_d[cnt] = popcount(x ^ blk[j])
+                cnt += 1
+                m &= m - np.uint64(1)
     for p in range(lo + (hi - lo) // BLOCK * BLOCK, hi):  # the tail
         d = popcount(x ^ flat[p])
         out_pos[cnt] = p
         out_d[cnt] = d
-        cnt += d < bound
+        cnt += d < bound  # branch-free: a miss is overwritten by the next code
     return cnt
 
 
@@ -105,12 +158,21 @@ def _collect2(x0, x1, flat, lo, hi, bound, out_pos, out_d):
     for b in range((hi - lo) // BLOCK_WIDE):
         p = lo + b * BLOCK_WIDE
         blk = flat[2 * p : 2 * (p + BLOCK_WIDE)]
-        if _count2(x0, x1, blk, bound) > 0:
+        c = _count2(x0, x1, blk, bound)
+        if c > DENSE // 2:
             for j in range(BLOCK_WIDE):
                 d = popcount(x0 ^ blk[2 * j]) + popcount(x1 ^ blk[2 * j + 1])
                 out_pos[cnt] = p + j
                 out_d[cnt] = d
                 cnt += d < bound
+        elif c > 0:
+            m = _mask2(x0, x1, blk, bound)
+            while m:
+                j = _lowest_bit(m)
+                out_pos[cnt] = p + j
+                out_d[cnt] = popcount(x0 ^ blk[2 * j]) + popcount(x1 ^ blk[2 * j + 1])
+                cnt += 1
+                m &= m - np.uint64(1)
     for p in range(lo + (hi - lo) // BLOCK_WIDE * BLOCK_WIDE, hi):
         d = popcount(x0 ^ flat[2 * p]) + popcount(x1 ^ flat[2 * p + 1])
         out_pos[cnt] = p
@@ -186,17 +248,20 @@ def tile_codes(nw: int, tile_bytes: int = TILE_BYTES) -> int:
 
 
 @njit(nogil=True, cache=True)
-def topk(qw, dw, lo, hi, k, nbits, capacity, tile, group, idx_out, dist_out):
+def topk(qw, dw, head, lo, hi, k, nbits, capacity, tile, group, idx_out, dist_out):
     """Top-``k`` positions in [lo, hi) of each query (requires k <= hi - lo), sorted by
     (distance, position), into ``idx_out``/``dist_out`` (n_query x k).
 
     Per query: a candidate buffer, the histogram of its distances, and the bound b (only d < b
     can still enter): the k-th smallest candidate distance once there are k candidates, lowered
     after every push that makes it smaller, so the bound is always as tight as the items seen
-    allow. ``below`` counts the candidates with d < b."""
+    allow. ``below`` counts the candidates with d < b. ``head`` (as in :func:`radius`; empty:
+    not used) is scanned instead of whole codes once b <= :data:`HEAD_TOPK_BOUND`, until a tile
+    has too many codes whose first word is below b."""
     nq = qw.shape[0]
     flat = dw.ravel()
     g_max = min(group, nq)
+    use_head = np.zeros(g_max, np.bool_)
     cand_i = np.empty((g_max, capacity), np.int64)
     cand_d = np.empty((g_max, capacity), np.int64)
     hist = np.zeros((g_max, nbits + 2), np.int64)
@@ -204,18 +269,30 @@ def topk(qw, dw, lo, hi, k, nbits, capacity, tile, group, idx_out, dist_out):
     bound = np.zeros(g_max, np.int64)
     below = np.zeros(g_max, np.int64)
     start = np.zeros(nbits + 2, np.int64)
-    hit_pos = np.empty(tile, np.int64)
-    hit_d = np.empty(tile, np.int64)
+    hit_pos = np.empty(min(tile, hi - lo), np.int64)  # room for one tile's hits
+    hit_d = np.empty(min(tile, hi - lo), np.int64)
+    blk = BLOCK if dw.shape[1] == 1 else BLOCK_WIDE
+    first = (2 * k + blk - 1) // blk * blk
     for q0 in range(0, nq, group):
         g_n = min(group, nq - q0)
         hist[:] = 0
         fill[:] = 0
         below[:] = 0
         bound[:] = nbits + 1  # accept everything until there are k candidates
-        for t0 in range(lo, hi, tile):
-            t1 = min(t0 + tile, hi)
+        use_head[:] = head.shape[0] > 0
+        # Tiles start at a few blocks and double up to ``tile``: the first codes are all hits
+        # (no bound yet), so a short first tile sets a bound before most of a tile is handed over.
+        size = min(tile, first)
+        t0 = lo
+        while t0 < hi:
+            t1 = min(t0 + size, hi)
             for g in range(g_n):
-                cnt = collect(qw[q0 + g], flat, t0, t1, bound[g], hit_pos, hit_d)
+                if use_head[g] and bound[g] <= HEAD_TOPK_BOUND:
+                    cnt = _collect1(qw[q0 + g, 0], head, t0, t1, bound[g], hit_pos, hit_d)
+                    use_head[g] = cnt * HEAD_GIVE_UP <= t1 - t0
+                    cnt = _complete(qw[q0 + g], flat, cnt, bound[g] - 1, hit_pos, hit_d)
+                else:
+                    cnt = collect(qw[q0 + g], flat, t0, t1, bound[g], hit_pos, hit_d)
                 m, b, c = fill[g], bound[g], below[g]
                 h_g = hist[g]
                 for h in range(cnt):
@@ -233,6 +310,8 @@ def topk(qw, dw, lo, hi, k, nbits, capacity, tile, group, idx_out, dist_out):
                             _compact(cand_i[g], cand_d[g], m, h_g, k)
                             m = k
                 fill[g], bound[g], below[g] = m, b, c
+            t0 = t1
+            size = min(2 * size, tile)
         for g in range(g_n):
             _compact(cand_i[g], cand_d[g], fill[g], hist[g], k)
             _sorted_out(cand_i[g], cand_d[g], k, hist[g], start, idx_out[q0 + g], dist_out[q0 + g])
@@ -274,18 +353,40 @@ def _grown(arr, size, keep):
 
 
 @njit(nogil=True, cache=True)
-def radius(qw, dw, lo, hi, r, nbits, tile, group):
+def _complete(qrow, flat, cnt, r, hit_pos, hit_d):
+    """Add the other words' distances to the ``cnt`` first-word hits and keep those still <= r
+    (in place, in order); return how many are kept."""
+    nw = qrow.shape[0]
+    kept = 0
+    for h in range(cnt):
+        p = hit_pos[h]
+        d = hit_d[h]
+        for w in range(1, nw):
+            d += popcount(qrow[w] ^ flat[p * nw + w])
+        hit_pos[kept] = p
+        hit_d[kept] = d
+        kept += d <= r
+    return kept
+
+
+@njit(nogil=True, cache=True)
+def radius(qw, dw, head, lo, hi, r, nbits, tile, group):
     """Per query, every position in [lo, hi) with distance <= ``r``, sorted by (distance,
     position): (counts (n_query,), positions, distances) with the queries' hits back to back.
 
     Every query of a group scans a tile while it is in cache; the group's hits (query, position,
     distance) arrive in position order per query, so one stable counting sort by (query,
-    distance) puts them in the final order."""
+    distance) puts them in the final order. ``head`` (codes of two or more words; empty: not
+    used) holds every code's first word, contiguous: the scan reads it alone and completes the
+    distance from ``dw`` only where the first word's distance is already <= r (the full
+    distance is never smaller), so it streams half the bytes of 128-bit codes; a query whose
+    tile has too many such first words (:data:`HEAD_GIVE_UP`) scans whole codes from then on."""
     nq = qw.shape[0]
     flat = dw.ravel()
+    use_head = np.zeros(min(group, nq), np.bool_)
     nd = nbits + 2
-    hit_pos = np.empty(tile, np.int64)
-    hit_d = np.empty(tile, np.int64)
+    hit_pos = np.empty(min(tile, hi - lo), np.int64)  # room for one tile's hits
+    hit_d = np.empty(min(tile, hi - lo), np.int64)
     counts = np.zeros(nq, np.int64)
     out_pos = np.empty(1024, np.int64)
     out_d = np.empty(1024, np.uint16)
@@ -297,10 +398,16 @@ def radius(qw, dw, lo, hi, r, nbits, tile, group):
     for q0 in range(0, nq, group):
         g_n = min(group, nq - q0)
         m = 0
+        use_head[:] = head.shape[0] > 0
         for t0 in range(lo, hi, tile):
             t1 = min(t0 + tile, hi)
             for g in range(g_n):
-                cnt = collect(qw[q0 + g], flat, t0, t1, r + 1, hit_pos, hit_d)
+                if use_head[g]:
+                    cnt = _collect1(qw[q0 + g, 0], head, t0, t1, r + 1, hit_pos, hit_d)
+                    use_head[g] = cnt * HEAD_GIVE_UP <= t1 - t0  # else whole codes from the next tile on
+                    cnt = _complete(qw[q0 + g], flat, cnt, r, hit_pos, hit_d)
+                else:
+                    cnt = collect(qw[q0 + g], flat, t0, t1, r + 1, hit_pos, hit_d)
                 if m + cnt > g_q.shape[0]:
                     g_q, g_pos, g_d = _grown(g_q, m + cnt, m), _grown(g_pos, m + cnt, m), _grown(g_d, m + cnt, m)
                 for h in range(cnt):

@@ -66,6 +66,7 @@ class HammingIndex:
         self._n = 0
         self._ids: np.ndarray | None = None  # None: ids are insertion positions
         self._wide: np.ndarray | None = None  # uint64 copy of narrow words for the numba kernel
+        self._head: np.ndarray | None = None  # codes over 64 bits: every first word, for the scans
         self._payloads: list[Payload | None] | None = None  # per position; None: no item has one
         self._id_order: tuple[np.ndarray, np.ndarray] | None = None  # (ids array, its argsort)
         self.threads: int | None = None  # threads of the numba kernels (None: every core)
@@ -139,6 +140,7 @@ class HammingIndex:
             words[: self._n] = self._words[: self._n]
             self._words = words
         self._words[self._n : self._n + m] = kernels.to_words(packed.data)
+        self._head = None
         if new_ids is not None:
             self._ids = new_ids if self._ids is None else np.concatenate([self._ids, new_ids])
         self._append_payloads(new_payloads, m)
@@ -197,7 +199,8 @@ class HammingIndex:
             pos = np.empty((qw.shape[0], k), dtype=np.int64)
             dist = np.empty((qw.shape[0], k), dtype=np.uint16)
         elif self.kernel == "numba":
-            pos, dist = kernels.topk_numba(qw, self._numba_words(), k, self._nbits, threads=self.threads)
+            words = self._numba_words()
+            pos, dist = kernels.topk_numba(qw, words, k, self._nbits, threads=self.threads, head=self._first_words(words))
         else:
             pos, dist = kernels.topk_numpy(qw, self._words[: self._n], k, self._nbits)
         return self._to_ids(pos), dist
@@ -212,7 +215,9 @@ class HammingIndex:
             empty = (np.empty(0, dtype=self.ids.dtype), np.empty(0, dtype=np.uint16))
             return [empty for _ in range(qw.shape[0])]
         if self.kernel == "numba":
-            hits = kernels.radius_numba(qw, self._numba_words(), int(radius), self._nbits, threads=self.threads)
+            words = self._numba_words()
+            hits = kernels.radius_numba(qw, words, int(radius), self._nbits, threads=self.threads,
+                                        head=self._first_words(words))
         else:
             hits = kernels.radius_numpy(qw, self._words[: self._n], int(radius), self._nbits)
         return [(self._to_ids(pos), dist) for pos, dist in hits]
@@ -226,6 +231,16 @@ class HammingIndex:
         if self._wide is None or len(self._wide) != self._n:
             self._wide = words.astype(np.uint64)
         return self._wide
+
+    def _first_words(self, words: np.ndarray) -> np.ndarray | None:
+        """Codes over 64 bits: the first word of every code, contiguous (8 bytes per code), which
+        the numba searches stream instead of whole codes where it suffices; built on first use
+        and kept until the codes change. None for codes of one word."""
+        if words.shape[1] < 2:
+            return None
+        if self._head is None or len(self._head) != self._n:
+            self._head = kernels.first_words(words)
+        return self._head
 
     def _to_ids(self, positions: np.ndarray) -> np.ndarray:
         return positions if self._ids is None else self._ids[positions]
@@ -384,6 +399,7 @@ class HammingIndex:
             self._payloads = [p for p, k in zip(self._payloads, keep.tolist()) if k]
         self._n = int(keep.sum())
         self._wide = None
+        self._head = None
         return int(drop.size)
 
     def upsert(self, codes: CodesLike, ids: Any, payloads: Sequence[Payload | None] | None = None) -> None:

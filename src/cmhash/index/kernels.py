@@ -5,18 +5,19 @@ numpy path works on (query block x database chunk) tiles small enough to stay in
 a bounded top-k per query: once a query holds ``k`` candidates whose worst distance is ``t``, a
 later item can only enter with distance ``< t`` (an equal distance loses the tie, because it
 comes later in insertion order), so each chunk is filtered with one comparison and only the
-survivors are merged. The optional numba top-k kernel (the ``fast`` extra) does the same scan
-fused into one loop per query, with queries split over threads. Radius search is numpy only.
-Both return the ranking of PROTOCOL.md: distance ascending, ties by position ascending, and
-identical results.
+survivors are merged. The optional numba kernels (the ``fast`` extra; top-k and radius) do the
+same scan fused into one loop per query (index/_numba.py), with queries split over threads, or
+the database when there are fewer queries than threads; the calling thread runs a share itself
+(:func:`_run`). Both return the ranking of PROTOCOL.md: distance ascending, ties by position
+ascending, and identical results.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -153,103 +154,224 @@ def radius_numpy(
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 
-def _numba():
-    if not HAVE_NUMBA:
-        raise ImportError("the numba backend needs numba: pip install 'cmhash[fast]'")
-    from cmhash.index import _numba as nb
+_nb = None  # the module cmhash.index._numba, once imported
+_NO_HEAD = np.empty(0, dtype=np.uint64)
 
-    return nb
+
+def _numba():
+    global _nb
+    if _nb is None:
+        if not HAVE_NUMBA:
+            raise ImportError("the numba backend needs numba: pip install 'cmhash[fast]'")
+        from cmhash.index import _numba as nb
+
+        _nb = nb
+    return _nb
 
 
 def _workers(threads: int | None) -> int:
     return max(1, int(threads or os.cpu_count() or 1))
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
+class _Batch:
+    """The tasks of one kernel call. The caller and the helper threads claim them one at a time,
+    so the caller never waits idle for a helper to wake up: a task no helper has taken yet, it
+    runs itself (under load a helper can take milliseconds to be scheduled)."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+        self.results = [None] * len(tasks)
+        self.errors: list[BaseException] = []
+        self._next = 0
+        self._left = len(tasks)
+        self._lock = threading.Lock()
+        self.finished = threading.Lock()
+        self.finished.acquire()  # released when the last task is done
+
+    def work(self) -> None:
+        """Run unclaimed tasks until none is left."""
+        while True:
+            with self._lock:
+                i = self._next
+                self._next += 1
+            if i >= len(self.tasks):
+                return
+            try:
+                self.results[i] = self.tasks[i]()
+            except BaseException as exc:  # handed to the caller, which re-raises it
+                self.errors.append(exc)
+            with self._lock:
+                self._left -= 1
+                if self._left == 0:
+                    self.finished.release()
 
 
-def _run(tasks) -> list:
-    """Run the zero-argument ``tasks`` on a thread pool kept for reuse (the kernels release the
-    GIL; starting threads on every call cost as much as a small scan). A plain pool instead of
-    numba's parallel=True keeps compilation to seconds."""
-    if len(tasks) == 1:
-        return [tasks[0]()]
-    with _POOLS_LOCK:
-        pool = _POOLS.get(len(tasks))
-        if pool is None:
-            pool = _POOLS[len(tasks)] = ThreadPoolExecutor(len(tasks), thread_name_prefix="cmhash-index")
-    return list(pool.map(lambda task: task(), tasks))
+_HELPERS_LOCK = threading.Lock()
+_helpers: tuple[queue.SimpleQueue, list[threading.Thread]] | None = None  # (work queue, threads)
+
+
+def _helper(work: queue.SimpleQueue) -> None:
+    while True:
+        work.get().work()
+
+
+def _work_queue(helpers: int) -> queue.SimpleQueue:
+    """The queue of at least ``helpers`` helper threads, started on first need."""
+    global _helpers
+    with _HELPERS_LOCK:
+        if _helpers is None:
+            _helpers = (queue.SimpleQueue(), [])
+        work, threads = _helpers
+        while len(threads) < helpers:
+            thread = threading.Thread(target=_helper, args=(work,), name=f"cmhash-index-{len(threads)}", daemon=True)
+            thread.start()
+            threads.append(thread)
+        return work
+
+
+def _forget_helpers() -> None:
+    """In a forked child: the parent's helper threads are not there (and the lock may have been
+    held by one of its threads), so start afresh."""
+    global _HELPERS_LOCK, _helpers
+    _HELPERS_LOCK, _helpers = threading.Lock(), None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers)
+
+
+def _run(tasks, threads: int | None = None) -> list:
+    """Run the zero-argument ``tasks`` on ``threads`` threads (default: one per task), the
+    calling thread being one of them; the results in task order. The kernels release the GIL.
+    Helper threads are kept for reuse (starting threads on every call cost as much as a small
+    scan); a plain queue instead of numba's parallel=True keeps compilation to seconds."""
+    threads = len(tasks) if threads is None else min(int(threads), len(tasks))
+    if threads <= 1:
+        return [task() for task in tasks]
+    batch = _Batch(tasks)
+    work = _work_queue(threads - 1)
+    for _ in range(threads - 1):
+        work.put(batch)
+    batch.work()
+    batch.finished.acquire()  # the helpers' tasks write into the caller's arrays: wait for all
+    if batch.errors:
+        raise batch.errors[0]
+    return batch.results
 
 
 def _ranges(lo: int, hi: int, parts: int, align: int) -> list[tuple[int, int]]:
     """``parts`` contiguous ranges covering [lo, hi), cut at multiples of ``align``."""
+    if parts == 1:
+        return [(lo, hi)] if hi > lo else []
     cuts = [lo + (hi - lo) * p // parts // align * align for p in range(parts)] + [hi]
     return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def _numba_args(qw: np.ndarray, dw: np.ndarray, tile_bytes: int | None):
+def _numba_args(qw: np.ndarray, dw: np.ndarray):
     """uint64 words (one compiled specialisation for every code length; narrower words widen
-    without changing any XOR-popcount), the tile in codes and the block."""
+    without changing any XOR-popcount) and the block of the scan."""
     nb = _numba()
-    qw, dw = np.ascontiguousarray(qw, dtype=np.uint64), np.ascontiguousarray(dw, dtype=np.uint64)
-    nw = dw.shape[1]
-    return nb, qw, dw, nb.tile_codes(nw, tile_bytes or nb.TILE_BYTES), nb.BLOCK if nw == 1 else nb.BLOCK_WIDE
+    if qw.dtype != np.uint64 or not qw.flags.c_contiguous:
+        qw = np.ascontiguousarray(qw, dtype=np.uint64)
+    if dw.dtype != np.uint64 or not dw.flags.c_contiguous:
+        dw = np.ascontiguousarray(dw, dtype=np.uint64)
+    return nb, qw, dw, nb.BLOCK if dw.shape[1] == 1 else nb.BLOCK_WIDE
+
+
+def _radius_tile(nb, nw: int, tile_bytes: int | None, queries: int) -> int:
+    """Codes per radius tile: ``tile_bytes`` if given; else a cache-sized tile shared by a group
+    of queries, or a larger one for a lone query (nothing to share; fewer hand-offs of hits).
+    Top-k keeps cache-sized tiles even for one query: its bound tightens between tiles."""
+    return nb.tile_codes(nw, tile_bytes or (nb.SOLO_TILE_BYTES if queries == 1 else nb.TILE_BYTES))
+
+
+def _checked_head(head: np.ndarray | None, dw: np.ndarray) -> np.ndarray:
+    """``head`` as the kernels take it (empty: none), checked against the codes' words."""
+    if head is None or dw.shape[1] < 2:
+        return _NO_HEAD
+    if head.shape != (dw.shape[0],) or head.dtype != np.uint64:
+        raise ValueError(f"head must be the first words of the codes: uint64 ({dw.shape[0]},), got {head.dtype} {head.shape}")
+    return head
+
+
+def first_words(dw: np.ndarray) -> np.ndarray | None:
+    """Every code's first uint64 word, contiguous, for codes of two or more words (else None):
+    the ``head`` that lets :func:`radius_numba` stream one word per code instead of all."""
+    if dw.ndim != 2 or dw.shape[1] < 2:
+        return None
+    return np.ascontiguousarray(dw[:, 0], dtype=np.uint64)
 
 
 def topk_numba(
     qw: np.ndarray, dw: np.ndarray, k: int, nbits: int, *, capacity: int | None = None,
     threads: int | None = None, tile_bytes: int | None = None, group: int | None = None,
+    head: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The numba twin of :func:`topk_numpy`: same results for any ``threads``, buffer
-    ``capacity`` (candidates per query), tile and query ``group`` size.
+    ``capacity`` (candidates per query), tile and query ``group`` size, with or without ``head``.
 
     Many queries are split over the threads; fewer queries than threads split the database
-    instead (each thread's top-k of its range, merged by distance then position)."""
+    instead (each thread's top-k of its range, merged by distance then position). ``head``
+    (:func:`first_words`) lets codes of two or more words scan their first word only once a
+    query's k-th distance is small (see ``_numba.topk``)."""
     n = dw.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    nb, qw, dw, tile, block = _numba_args(qw, dw, tile_bytes)
+    nb, qw, dw, block = _numba_args(qw, dw)
+    head = _checked_head(head, dw)
     capacity = max(k + 1, 4 * k, 1024) if capacity is None else max(int(capacity), k + 1)
     group = int(group or nb.GROUP)
-    nq, workers = qw.shape[0], _workers(threads)
+    nq, workers, tile = qw.shape[0], _workers(threads), nb.tile_codes(dw.shape[1], tile_bytes or nb.TILE_BYTES)
     idx_out = np.empty((nq, k), dtype=np.int64)
     dist_out = np.empty((nq, k), dtype=np.uint16)
-    args = (int(k), int(nbits), capacity, tile, group)
     if nq >= workers or workers == 1 or n < 2 * k:
         parts = _ranges(0, nq, min(workers, nq), 1)
-        _run([lambda s=s, e=e: nb.topk(qw[s:e], dw, 0, n, *args, idx_out[s:e], dist_out[s:e]) for s, e in parts])
+        _run([lambda s=s, e=e: nb.topk(qw[s:e], dw, head, 0, n, k, nbits, capacity, tile, group, idx_out[s:e], dist_out[s:e])
+              for s, e in parts])
         return idx_out, dist_out
     ranges = _ranges(0, n, min(workers, n // k), block)
     parts_i = np.empty((len(ranges), nq, k), dtype=np.int64)
     parts_d = np.empty((len(ranges), nq, k), dtype=np.uint16)
-    _run([lambda p=p, a=a, b=b: nb.topk(qw, dw, a, b, *args, parts_i[p], parts_d[p]) for p, (a, b) in enumerate(ranges)])
-    nb.merge_topk(parts_i, parts_d, int(k), int(nbits), idx_out, dist_out)
+    _run([lambda p=p, a=a, b=b: nb.topk(qw, dw, head, a, b, k, nbits, capacity, tile, group, parts_i[p], parts_d[p])
+          for p, (a, b) in enumerate(ranges)])
+    nb.merge_topk(parts_i, parts_d, k, nbits, idx_out, dist_out)
     return idx_out, dist_out
 
 
 def radius_numba(
     qw: np.ndarray, dw: np.ndarray, radius: int, nbits: int, *, threads: int | None = None,
-    tile_bytes: int | None = None, group: int | None = None,
+    tile_bytes: int | None = None, group: int | None = None, head: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The numba twin of :func:`radius_numpy` (same results for any ``threads``, tile and
-    query ``group`` size).
-    Many queries are split over the threads; fewer queries than threads split the database."""
-    nb, qw, dw, tile, block = _numba_args(qw, dw, tile_bytes)
-    n, nq, workers = dw.shape[0], qw.shape[0], _workers(threads)
-    r = min(int(radius), int(nbits))
-    args = (r, int(nbits), tile, int(group or nb.GROUP))
+    query ``group`` size, with or without ``head``).
+    Many queries are split over the threads; fewer queries than threads split the database
+    (each thread's hits of its range, merged by distance then position). ``head``
+    (:func:`first_words` of ``dw``, kept by the caller) makes codes of two or more words scan
+    their first word only, completing the distance where that word is within the radius."""
+    nb, qw, dw, block = _numba_args(qw, dw)
+    n, nq, nw, workers = dw.shape[0], qw.shape[0], dw.shape[1], _workers(threads)
+    r, group = min(int(radius), int(nbits)), int(group or nb.GROUP)
+    if nq == 0:
+        return []
+    head = _checked_head(head, dw)
+    if head.shape[0]:
+        nw, block = 1, nb.BLOCK  # tiles and cuts in codes of the one word scanned
     if nq >= workers or workers == 1:
         parts = _ranges(0, nq, min(workers, nq), 1)
-        found = _run([lambda s=s, e=e: nb.radius(qw[s:e], dw, 0, n, *args) for s, e in parts])
-        counts = np.concatenate([c for c, _, _ in found])
-        pos = np.concatenate([p for _, p, _ in found])
-        dist = np.concatenate([d for _, _, d in found])
-    else:  # few queries: split the database; ranges ascend in position, merged by distance
-        ranges = _ranges(0, n, min(workers, max(1, n // block)), block)
-        found = _run([lambda a=a, b=b: nb.radius(qw, dw, a, b, *args) for a, b in ranges])
-        counts, pos, dist = nb.merge_radius(np.stack([c for c, _, _ in found]), np.concatenate([p for _, p, _ in found]),
-                                            np.concatenate([d for _, _, d in found]), int(nbits))
-    bounds = np.zeros(nq + 1, dtype=np.int64)
-    np.cumsum(counts, out=bounds[1:])
-    return [(pos[a:b], dist[a:b]) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
+        found = _run([lambda s=s, e=e: nb.radius(qw[s:e], dw, head, 0, n, r, nbits, _radius_tile(nb, nw, tile_bytes, e - s), group)
+                      for s, e in parts])
+        counts, pos, dist = found[0] if len(found) == 1 else (np.concatenate(part) for part in zip(*found))
+    else:  # few queries: split the database; ranges ascend in position
+        tile = _radius_tile(nb, nw, tile_bytes, nq)
+        found = _run([lambda a=a, b=b: nb.radius(qw, dw, head, a, b, r, nbits, tile, group)
+                      for a, b in _ranges(0, n, min(workers, max(1, n // block)), block)])
+        with_hits = [part for part in found if part[1].shape[0]]
+        if len(with_hits) <= 1:  # the only range with hits holds the result as it is
+            counts, pos, dist = (with_hits or found)[0]
+        else:  # a stable counting sort by distance of each query's hits, range after range
+            counts, pos, dist = nb.merge_radius(np.stack([c for c, _, _ in found]), np.concatenate([p for _, p, _ in found]),
+                                                np.concatenate([d for _, _, d in found]), int(nbits))
+    if nq == 1:
+        return [(pos, dist)]
+    ends = np.cumsum(counts).tolist()
+    return [(pos[a:b], dist[a:b]) for a, b in zip([0] + ends[:-1], ends)]
