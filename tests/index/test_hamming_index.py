@@ -106,6 +106,28 @@ def test_searches_follow_adds_removes_and_upserts(nbits):
     same_as_brute_force()
 
 
+@pytest.mark.parametrize("nbits", [72, 128])
+def test_first_word_scan_off_keeps_no_copy_and_gives_the_same_results(nbits):
+    rng = np.random.default_rng(nbits + 1)
+    db = tied_codes(rng, 700, nbits, pool=30)
+    query = np.vstack([db[:3], tied_codes(rng, 3, nbits, pool=30)])
+    on, off = HammingIndex(nbits, backend="numba"), HammingIndex(nbits, backend="numba")
+    off.first_word_scan = False
+    for index in (on, off):
+        index.add(db)
+    for k in (1, 20):
+        for a, b in zip(on.search(query, k), off.search(query, k)):
+            np.testing.assert_array_equal(a, b)
+    for radius in (0, 4, nbits // 3):
+        for (ia, da), (ib, db_) in zip(on.range_search(query, radius), off.range_search(query, radius)):
+            np.testing.assert_array_equal(ia, ib)
+            np.testing.assert_array_equal(da, db_)
+    assert on._head is not None and off._head is None
+    on.first_word_scan = False  # switching it off later drops the copy at the next search
+    on.search(query, 5)
+    assert on._head is None
+
+
 def unpack_codes(index):
     """The index's codes as {-1,+1} rows in insertion order."""
     bits = np.unpackbits(index.codes.data, axis=1, count=index.nbits)

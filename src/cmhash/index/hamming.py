@@ -70,6 +70,7 @@ class HammingIndex:
         self._payloads: list[Payload | None] | None = None  # per position; None: no item has one
         self._id_order: tuple[np.ndarray, np.ndarray] | None = None  # (ids array, its argsort)
         self.threads: int | None = None  # threads of the numba kernels (None: every core)
+        self.first_word_scan: bool = True  # codes over 64 bits: keep a first-word copy to scan
 
     # ------------------------------------------------------------------ basics
     @property
@@ -235,8 +236,10 @@ class HammingIndex:
     def _first_words(self, words: np.ndarray) -> np.ndarray | None:
         """Codes over 64 bits: the first word of every code, contiguous (8 bytes per code), which
         the numba searches stream instead of whole codes where it suffices; built on first use
-        and kept until the codes change. None for codes of one word."""
-        if words.shape[1] < 2:
+        and kept until the codes change. None for codes of one word, or when
+        ``first_word_scan`` is off (the memory matters more than the speed)."""
+        if words.shape[1] < 2 or not self.first_word_scan:
+            self._head = None
             return None
         if self._head is None or len(self._head) != self._n:
             self._head = kernels.first_words(words)
