@@ -8,7 +8,7 @@ comes later in insertion order), so each chunk is filtered with one comparison a
 survivors are merged. The optional numba kernels (the ``fast`` extra; top-k and radius) do the
 same scan fused into one loop per query (index/_numba.py), with queries split over threads, or
 the database when there are fewer queries than threads; the calling thread runs a share itself
-(:func:`_run`). Both return the ranking of PROTOCOL.md: distance ascending, ties by position
+(:mod:`cmhash.index._workers`). Both return the ranking of PROTOCOL.md: distance ascending, ties by position
 ascending, and identical results.
 """
 
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import queue
-import threading
 
 import numpy as np
 
@@ -151,6 +149,8 @@ def radius_numpy(
 # ------------------------------------------------------------------------------ numba kernels
 # numba is imported on first use (``import cmhash.index`` stays fast): the compiled kernels live in
 # the private module ``cmhash.index._numba``.
+from cmhash.index._workers import run_tasks as _run  # noqa: E402  (the shared helper threads)
+
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 
@@ -171,92 +171,6 @@ def _numba():
 
 def _workers(threads: int | None) -> int:
     return max(1, int(threads or os.cpu_count() or 1))
-
-
-class _Batch:
-    """The tasks of one kernel call. The caller and the helper threads claim them one at a time,
-    so the caller never waits idle for a helper to wake up: a task no helper has taken yet, it
-    runs itself (under load a helper can take milliseconds to be scheduled)."""
-
-    def __init__(self, tasks):
-        self.tasks = tasks
-        self.results = [None] * len(tasks)
-        self.errors: list[BaseException] = []
-        self._next = 0
-        self._left = len(tasks)
-        self._lock = threading.Lock()
-        self.finished = threading.Lock()
-        self.finished.acquire()  # released when the last task is done
-
-    def work(self) -> None:
-        """Run unclaimed tasks until none is left."""
-        while True:
-            with self._lock:
-                i = self._next
-                self._next += 1
-            if i >= len(self.tasks):
-                return
-            try:
-                self.results[i] = self.tasks[i]()
-            except BaseException as exc:  # handed to the caller, which re-raises it
-                self.errors.append(exc)
-            with self._lock:
-                self._left -= 1
-                if self._left == 0:
-                    self.finished.release()
-
-
-_HELPERS_LOCK = threading.Lock()
-_helpers: tuple[queue.SimpleQueue, list[threading.Thread]] | None = None  # (work queue, threads)
-
-
-def _helper(work: queue.SimpleQueue) -> None:
-    while True:
-        work.get().work()
-
-
-def _work_queue(helpers: int) -> queue.SimpleQueue:
-    """The queue of at least ``helpers`` helper threads, started on first need."""
-    global _helpers
-    with _HELPERS_LOCK:
-        if _helpers is None:
-            _helpers = (queue.SimpleQueue(), [])
-        work, threads = _helpers
-        while len(threads) < helpers:
-            thread = threading.Thread(target=_helper, args=(work,), name=f"cmhash-index-{len(threads)}", daemon=True)
-            thread.start()
-            threads.append(thread)
-        return work
-
-
-def _forget_helpers() -> None:
-    """In a forked child: the parent's helper threads are not there (and the lock may have been
-    held by one of its threads), so start afresh."""
-    global _HELPERS_LOCK, _helpers
-    _HELPERS_LOCK, _helpers = threading.Lock(), None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_helpers)
-
-
-def _run(tasks, threads: int | None = None) -> list:
-    """Run the zero-argument ``tasks`` on ``threads`` threads (default: one per task), the
-    calling thread being one of them; the results in task order. The kernels release the GIL.
-    Helper threads are kept for reuse (starting threads on every call cost as much as a small
-    scan); a plain queue instead of numba's parallel=True keeps compilation to seconds."""
-    threads = len(tasks) if threads is None else min(int(threads), len(tasks))
-    if threads <= 1:
-        return [task() for task in tasks]
-    batch = _Batch(tasks)
-    work = _work_queue(threads - 1)
-    for _ in range(threads - 1):
-        work.put(batch)
-    batch.work()
-    batch.finished.acquire()  # the helpers' tasks write into the caller's arrays: wait for all
-    if batch.errors:
-        raise batch.errors[0]
-    return batch.results
 
 
 def _ranges(lo: int, hi: int, parts: int, align: int) -> list[tuple[int, int]]:
