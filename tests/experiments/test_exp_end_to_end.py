@@ -339,3 +339,28 @@ def test_report_against_another_config(results, tmp_path):
     md = write_report(results, tmp_path / "rep.md", figures=False, config=load_config(other)).read_text()
     assert "Unrotated" in md and "CCA-ITQ (no rotation)" not in md
     assert "(no rotation)" in write_report(results, tmp_path / "saved.md", figures=False).read_text()
+
+
+def test_report_marks_cells_with_seeds_not_run(results, tmp_path):
+    """A grid only partly run: a cell with n of its N seeds finished reads '(n of N run)', the CSV
+    counts the seeds not run, and a footnote says what the mark means."""
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(results, partial)
+    store = ResultsStore(partial)
+    config = load_config(CONFIG)
+    cells = expand(config)
+    victim = cells[0]
+    same_but_seed = lambda c: {k: v for k, v in c.spec().items() if k != "seed"}  # noqa: E731
+    removed = [c for c in cells if c.method.label == victim.method.label and c.seed != victim.seed
+               and same_but_seed(c) == same_but_seed(victim)]
+    for c in removed:
+        (partial / "cells" / f"{c.key}.json").unlink()
+    assert not any(store.has(c.key) for c in removed) and store.has(victim.key)
+    seeds = len(removed) + 1
+    md = write_report(partial, tmp_path / "partial.md", figures=False).read_text()
+    assert f"(1 of {seeds} run)" in md and "of the grid's N seeds" in md
+    assert " run)" not in write_report(results, tmp_path / "full.md", figures=False).read_text()  # all run
+    rows = list(csv.DictReader((tmp_path / "partial" / "tables" / "table1.csv").read_text().splitlines()))
+    assert any(r["seeds_not_run"] == str(len(removed)) and r["seeds"] == "1" for r in rows)

@@ -154,19 +154,29 @@ class Table:
     paper: dict[tuple[str, str, str], float]                 # (metric, row, col) -> paper value
     paper_note: str = ""
     undefined: dict[tuple[str, Any, Any], int] = field(default_factory=dict)  # finished seeds without a value
+    not_run: dict[tuple[str, Any, Any], int] = field(default_factory=dict)  # grid seeds not finished yet
 
     def fmt(self, metric: str, row: Any, col: Any, digits: int = 2) -> str:
-        """mean ± std; "(n/N)" when only n of the N finished seeds have a value; "—" when none."""
+        """mean ± std; "(n/N)" when only n of the N finished seeds have a value; "(n of N run)"
+        when only n of the grid's N seeds are finished; "—" when none."""
         text = _fmt(self.stats(metric, row, col), digits)
         missing = self.undefined.get((metric, row, col), 0)
         if missing and text != "—":
             n = len(self.cells[(metric, row, col)])
             text += f" ({n}/{n + missing})"
+        not_run = self.not_run.get((metric, row, col), 0)
+        if not_run and text != "—":
+            n = len(self.cells.get((metric, row, col), [])) + missing
+            text += f" ({n} of {n + not_run} run)"
         return text
 
     @property
     def has_undefined(self) -> bool:
         return any(self.undefined.values())
+
+    @property
+    def has_not_run(self) -> bool:
+        return any(self.not_run.values())
 
     def stats(self, metric: str, row: Any, col: Any) -> tuple[float, float, int] | None:
         vals = self.cells.get((metric, row, col))
@@ -232,8 +242,11 @@ def _build(spec: TableSpec, entries: list[Entry]) -> list[Table]:
         cols = _ordered(e.dim(spec.columns) for e in group)
         cells: dict[tuple[str, Any, Any], list[float]] = defaultdict(list)
         undefined: dict[tuple[str, Any, Any], int] = defaultdict(int)
+        not_run: dict[tuple[str, Any, Any], int] = defaultdict(int)
         for e in group:
             if e.record is None:
+                for metric in spec.metrics:
+                    not_run[(metric, e.dim(spec.rows), e.dim(spec.columns))] += 1
                 continue
             for metric in spec.metrics:
                 value = metric_value(e.record, metric)
@@ -253,7 +266,7 @@ def _build(spec: TableSpec, entries: list[Entry]) -> list[Table]:
             note = f"paper: {spec.paper['source']}" + (
                 f", on {spec.paper['dataset']}" if "dataset" in spec.paper else "")
         out.append(Table(spec.title, subtitle, spec.rows, spec.columns, spec.metrics,
-                         rows, cols, dict(cells), paper, note, dict(undefined)))
+                         rows, cols, dict(cells), paper, note, dict(undefined), dict(not_run)))
     return out
 
 
@@ -304,7 +317,7 @@ def table_csv(table: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["subtitle", "metric", table.rows_dim, table.cols_dim, "mean", "std", "seeds", "best", "paper",
-                "seeds_without_value"])
+                "seeds_without_value", "seeds_not_run"])
     for metric in table.metrics:
         for c in table.cols:
             best = table.best(metric, c)
@@ -315,7 +328,7 @@ def table_csv(table: Table) -> str:
                             "" if s is None else f"{s[0]:.4f}", "" if s is None else f"{s[1]:.4f}",
                             0 if s is None else s[2], int(best == row and s is not None),
                             "" if paper is None else f"{paper:.4f}",
-                            table.undefined.get((metric, row, c), 0)])
+                            table.undefined.get((metric, row, c), 0), table.not_run.get((metric, row, c), 0)])
     return buf.getvalue()
 
 
@@ -377,6 +390,9 @@ def write_report(results: str | os.PathLike, out: str | os.PathLike | None = Non
             parts += ["Some seeds have no value here (e.g. P@H≤2 when no query finds any item within "
                       "Hamming radius 2): \"(n/N)\" = mean and std over the n of N seeds with a value; "
                       "\"—\" = no seed has one.", ""]
+        if table.has_not_run:
+            parts += ["\"(n of N run)\" = only n of the grid's N seeds of that cell are finished (the "
+                      "mean and std are over those n).", ""]
         parts += [f"CSV: `{link(csv_path)}`", ""]
     if figures:
         from cmhash.experiments.figures import make_figures
