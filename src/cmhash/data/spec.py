@@ -288,18 +288,10 @@ class DatasetSpec:
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> "DatasetSpec":
         """A spec from a TOML file: its ``[dataset]`` table (or its top level)."""
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python < 3.11
-            import tomli as tomllib
+        from cmhash._toml import read_toml
 
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such spec file")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+        raw = read_toml(path, "spec")
         table = raw.get("dataset", raw)
         try:
             return cls.from_mapping(table, base_dir=path.parent)

@@ -20,15 +20,11 @@ are validated lazily: their hyper-parameters are checked when the cell runs.
 from __future__ import annotations
 
 import inspect
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from cmhash._toml import read_toml
 
 # Scenario axes: name -> the value that means "clean" (no perturbation).
 SCENARIO_AXES: dict[str, Any] = {
@@ -160,12 +156,7 @@ class ExperimentConfig:
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and validate a TOML config; a :class:`ConfigError` names the file and key on error."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    raw = read_toml(path, "config", missing=ConfigError, invalid=ConfigError)
     return parse_config(raw, source=str(path), path=path)
 
 
