@@ -8,7 +8,7 @@ comes later in insertion order), so each chunk is filtered with one comparison a
 survivors are merged. The optional numba kernels (the ``fast`` extra; top-k and radius) do the
 same scan fused into one loop per query (index/_numba.py), with queries split over threads, or
 the database when there are fewer queries than threads; the calling thread runs a share itself
-(:mod:`cmhash.index._workers`). Both return the ranking of PROTOCOL.md: distance ascending, ties by position
+(:mod:`cmhash.index._threads`). Both return the ranking of PROTOCOL.md: distance ascending, ties by position
 ascending, and identical results.
 """
 
@@ -18,6 +18,8 @@ import importlib.util
 import os
 
 import numpy as np
+
+from cmhash.index._threads import run_tasks as _run  # the shared helper threads
 
 __all__ = ["to_words", "dist_dtype", "topk_numpy", "radius_numpy", "HAVE_NUMBA", "topk_numba", "radius_numba"]
 
@@ -149,7 +151,6 @@ def radius_numpy(
 # ------------------------------------------------------------------------------ numba kernels
 # numba is imported on first use (``import cmhash.index`` stays fast): the compiled kernels live in
 # the private module ``cmhash.index._numba``.
-from cmhash.index._workers import run_tasks as _run  # noqa: E402  (the shared helper threads)
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
