@@ -10,6 +10,12 @@ Methods:
 * stable brute force — the same loop with ``argsort(kind="stable")``: the reference APs.
 * cmhash numpy / numba — ``cmhash.metrics.mean_average_precision`` with each backend.
 
+Lower bounds, timed beside them (numba, each thread setting), to show what a target asks of a
+kernel: *distance histograms* (``cmhash.metrics.kernels.distance_histograms``: per query, the
+number of items and of relevant items at each distance; one bucket update per pair and no ranks,
+the cheapest pass an exact counting kernel makes) and the *scan floor* (per pair a popcount and
+a label AND, summed: no histogram, no ranking; not a metric).
+
 The two loops take ~10 ms a query, so by default they run on the first ``--field-queries``
 queries and their time is extrapolated linearly to all queries (marked in the table). Every
 method's APs are compared with the stable brute force on the queries both computed.
@@ -22,6 +28,7 @@ Writes benchmarks/results/bench_map.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -30,10 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cmhash.codes import pack, sign
+from cmhash.codes import _words, pack, sign
 from cmhash.io import write_json
 from cmhash.metrics import mean_average_precision
-from cmhash.metrics.kernels import numba_available
+from cmhash.metrics.kernels import distance_histograms, numba_available
+from cmhash.metrics.relevance import prepare
 from cmhash.record import versions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_map.json"
@@ -74,6 +82,41 @@ def field_loop(q_codes, db_codes, q_labels, db_labels, kind=None):
         tindex = np.asarray(np.where(gnd == 1)) + 1.0
         ap[i] = np.mean(count / tindex)
     return ap
+
+
+@functools.cache
+def _scan_floor_kernel():
+    from numba import njit, prange
+
+    from cmhash._popcount import popcount
+
+    @njit(parallel=True, nogil=True)
+    def kernel(qw, dw, qm, dm):
+        total = 0
+        for qi in prange(qw.shape[0]):
+            x, m, s = qw[qi], qm[qi], 0
+            for i in range(dw.shape[0]):
+                s += popcount(x ^ dw[i]) + ((m & dm[i]) != 0)
+            total += s
+        return total
+
+    return kernel
+
+
+def scan_floor(pq, pdb, q_labels, db_labels) -> int:
+    """Sum over all pairs of popcount(q ^ x) + [labels share a class]: the work of reading every
+    pair, without the histogram and ranking a metric needs (<= 64-bit codes, <= 64 classes).
+    Inputs are prepared as ``mean_average_precision`` prepares them, inside the timing."""
+    ret = prepare(pq, pdb, q_labels, db_labels)
+    if ret.nbits > 64 or ret.query_masks.shape[1] != 1:
+        raise ValueError("scan_floor: codes of <= 64 bits and <= 64 classes only")
+    return int(_scan_floor_kernel()(_words(ret.query)[:, 0].copy(), _words(ret.database)[:, 0].copy(),
+                                    ret.query_masks[:, 0].copy(), ret.db_masks[:, 0].copy()))
+
+
+def histograms_only(pq, pdb, q_labels, db_labels):
+    """``distance_histograms`` (numba) from the raw inputs, prepared inside the timing as above."""
+    return distance_histograms(prepare(pq, pdb, q_labels, db_labels), backend="numba")
 
 
 def timed(fn, *args, **kwargs):
@@ -146,6 +189,7 @@ def main(argv=None) -> dict:
     add("cmhash numpy backend", nn, nw_, nc_, res_np.ap)
 
     result = {"map_reference_subset": float(ref_ap.mean()), "numba": None}
+    bounds = []  # lower bounds (not metrics), see the module docstring
     if numba_available():
         import numba
 
@@ -162,6 +206,14 @@ def main(argv=None) -> dict:
                 res_nb.ap, note=f"min of {args.repeat}: " + ", ".join(f"{r[1]:.2f}" for r in runs))
             if not np.array_equal(res_nb.ap[:nn], res_np.ap):
                 raise RuntimeError("numba and numpy backends gave different APs")
+            for label, fn in (("bound: distance histograms only", histograms_only),
+                              ("bound: scan floor (popcount + AND)", scan_floor)):
+                fn(pq[:2], pdb, ql[:2], dl)  # compile / cache load
+                runs = [timed(fn, pq, pdb, ql, dl) for _ in range(args.repeat)]
+                best = min(runs, key=lambda r: r[1])
+                bounds.append({"method": f"{label}, {threads} thread{'s' if threads > 1 else ''}",
+                               "seconds": best[1], "cpu_seconds": best[2],
+                               "note": f"min of {args.repeat}"})
         numba.set_num_threads(threads_default)
         result["numba"] = numba.__version__
         result["map"] = res_nb.map
@@ -169,7 +221,7 @@ def main(argv=None) -> dict:
         result["numba_equals_numpy_exactly"] = True
 
     field_s = rows[0]["seconds"]
-    for row in rows:
+    for row in rows + bounds:
         row["ratio_vs_field_loop"] = field_s / row["seconds"]
     load_end = loadavg()
 
@@ -180,6 +232,13 @@ def main(argv=None) -> dict:
         star = "*" if row["extrapolated"] else " "
         print(f"{row['method']:44s} {row['seconds']:8.2f}{star} {row['cpu_seconds']:8.2f} "
               f"{row['ratio_vs_field_loop']:8.1f}x {row['max_abs_ap_diff_vs_stable']:13.2e}")
+    if bounds:
+        print("lower bounds (not metrics: no ranks):")
+        for row in bounds:
+            print(f"{row['method']:44s} {row['seconds']:8.2f}  {row['cpu_seconds']:8.2f} "
+                  f"{row['ratio_vs_field_loop']:8.1f}x")
+        result["seconds_for_50x_field_loop"] = field_s / 50
+        print(f"50x the field loop means <= {field_s / 50:.3f} s for all {nq} queries")
     print(f"* timed on the first {nf} (loops) / {nn} (numpy) queries and scaled to {nq}. "
           f"max|AP diff| vs the stable brute force on the first {nf} queries.")
     if "map" in result:
@@ -191,7 +250,7 @@ def main(argv=None) -> dict:
         "benchmark": "bench_map", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "params": vars(args) | {"out": str(args.out)}, "machine": machine(),
         "versions": versions(), "load_average": {"start": load_start, "end": load_end},
-        "results": rows, **result,
+        "results": rows, "lower_bounds": bounds, **result,
     }
     write_json(args.out, report)
     print(f"wrote {args.out}")

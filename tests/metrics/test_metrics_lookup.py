@@ -7,6 +7,7 @@ import pytest
 from metrics_reference import BACKENDS, code_form, lookup_reference, make_case
 
 from cmhash.metrics import lookup_pr, precision_at_radius
+from cmhash.metrics import kernels
 from cmhash.metrics.kernels import distance_histograms, numba_available
 from cmhash.metrics.relevance import prepare
 
@@ -64,8 +65,13 @@ def test_queries_retrieving_nothing_are_excluded_from_macro_and_counted():
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed (extra 'fast')")
-@pytest.mark.parametrize("bits, classes", [(24, 5), (100, 69)])
-def test_histograms_are_identical_across_backends(bits, classes):
+@pytest.mark.parametrize("bits, classes", [(12, 3), (24, 5), (64, 21), (72, 70), (100, 69)])
+@pytest.mark.parametrize("packed", [True, False])
+def test_histograms_are_identical_across_backends(bits, classes, packed, monkeypatch):
+    # packed: both counts in one word per distance (the numba default below 2^32 items); else
+    # the two-array loop it falls back to, forced here by lowering the limit
+    if not packed:
+        monkeypatch.setattr(kernels, "_PACKED_HISTOGRAM_MAX_DB", 10)
     q, db, ql, dl = make_case(8, nq=40, ndb=300, bits=bits, classes=classes, flips=5)
     ret = prepare(q, db, ql, dl)
     a_all, a_rel = distance_histograms(ret, backend="numpy")

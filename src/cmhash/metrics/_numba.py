@@ -38,21 +38,35 @@ def _distance_relevance(qw, dw, qm, dm, qi, i):
 
 
 @njit(cache=True, nogil=True)
-def _histograms(qw, dw, qm, dm, qi, h_all, h_rel):
-    """Add query ``qi``'s items to ``h_all[d]`` and its relevant items to ``h_rel[d]``."""
+def _histograms(qw, dw, qm, dm, qi, packed, h_all, h_rel, words):
+    """Set ``h_all[d]`` / ``h_rel[d]`` to query ``qi``'s numbers of items / relevant items at each
+    distance d. ``packed`` (< 2^32 items): one int64 word per distance counts both (irrelevant in
+    the low half, relevant in the high half), so each item costs one load-add-store."""
     n, nw, nl = dw.shape[0], dw.shape[1], dm.shape[1]
+    words[:] = 0
+    rel_one = np.int64(1) << 32
+    if not packed:
+        h_all[:] = 0
+        h_rel[:] = 0
+        for i in range(n):
+            d, r = _distance_relevance(qw, dw, qm, dm, qi, i)
+            h_all[d] += 1
+            h_rel[d] += r
+        return
     if nw == 1 and nl == 1:
         x = qw[qi, 0]
         m = qm[qi, 0]
         for i in range(n):
             d = _popcount(x ^ dw[i, 0])
-            h_all[d] += 1
-            h_rel[d] += (m & dm[i, 0]) != 0
-        return
-    for i in range(n):
-        d, r = _distance_relevance(qw, dw, qm, dm, qi, i)
-        h_all[d] += 1
-        h_rel[d] += r
+            words[d] += rel_one if (m & dm[i, 0]) != 0 else 1
+    else:
+        for i in range(n):
+            d, r = _distance_relevance(qw, dw, qm, dm, qi, i)
+            words[d] += rel_one if r else 1
+    for d in range(words.shape[0]):
+        rel = words[d] >> 32
+        h_rel[d] = rel
+        h_all[d] = rel + (words[d] & 0xFFFFFFFF)
 
 
 @njit(cache=True, nogil=True)
@@ -200,7 +214,10 @@ def rank_kernel(qw, dw, qm, dm, nbits, dist_bits, count_bits, k, ap_scale, n_gri
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def histogram_kernel(qw, dw, qm, dm, out_all, out_rel):
-    """Per query: number of items, and of relevant items, at each distance 0..L."""
-    for qi in prange(qw.shape[0]):
-        _histograms(qw, dw, qm, dm, qi, out_all[qi], out_rel[qi])
+def histogram_kernel(qw, dw, qm, dm, packed, out_all, out_rel):
+    """Per query: number of items, and of relevant items, at each distance 0..L (``packed``: see
+    :func:`_histograms`)."""
+    for task in prange((qw.shape[0] + GROUP - 1) // GROUP):
+        words = np.empty(out_all.shape[1], np.int64)
+        for qi in range(task * GROUP, min(qw.shape[0], (task + 1) * GROUP)):
+            _histograms(qw, dw, qm, dm, qi, packed, out_all[qi], out_rel[qi], words)

@@ -30,6 +30,7 @@ BACKENDS = ("auto", "numpy", "numba")
 CHUNK = 512  # queries per chunk handed to a backend (and per reduction block)
 _NUMPY_BLOCK = 32  # queries per numpy sort block (memory: ~ 20 bytes x block x n_db)
 _AUTO_NUMBA_MIN_WORK = 20_000_000  # n_query x n_db from which "auto" prefers numba
+_PACKED_HISTOGRAM_MAX_DB = 2**32 - 1  # both counts of a distance in one int64 word up to here
 
 
 def numba_available() -> bool:
@@ -204,7 +205,7 @@ def distance_histograms(ret: Retrieval, *, backend: str = "auto") -> tuple[np.nd
 
         qw = np.ascontiguousarray(_words(ret.query))
         _numba.histogram_kernel(qw, _db_words(ret), np.ascontiguousarray(ret.query_masks),
-                                ret.db_masks, h_all, h_rel)
+                                ret.db_masks, ret.n_db <= _PACKED_HISTOGRAM_MAX_DB, h_all, h_rel)
         return h_all, h_rel
     for sl, dist in iter_hamming_blocks(ret.query, ret.database, block=64):
         rel = ret.relevance(sl)
