@@ -387,10 +387,14 @@ def run_cmd(
     out: Optional[str] = typer.Option(None, "--out", help="results folder (default: results/<experiment name>)"),
     jobs: int = typer.Option(1, "--jobs", help="cells run in parallel (processes)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and which are finished, run nothing"),
+    only: Optional[list[str]] = typer.Option(
+        None, "--only", help="run only matching cells: FIELD=VALUE[,VALUE] with FIELD method or dataset "
+        "(name or label), bits, seed or a scenario axis; repeat for several fields, e.g. "
+        "--only bits=16 --only 'method=DCGH'"),
 ) -> None:
     """Fill a config's grid of runs; re-running skips finished cells (safe to interrupt)."""
     from cmhash.experiments.config import ConfigError, load_config, method_availability
-    from cmhash.experiments.runner import is_current, run_grid, unique_cells
+    from cmhash.experiments.runner import check_selection, is_current, run_grid, unique_cells
     from cmhash.experiments.store import ResultsStore, StoreLocked
     from cmhash.progress import ConsoleProgress
 
@@ -400,13 +404,19 @@ def run_cmd(
         fail(str(exc))
     if jobs < 1:
         fail(f"--jobs must be >= 1, got {jobs}")
+    only = tuple(only or ())
+    try:
+        cells = unique_cells(cfg, only)
+        check_selection(cfg, only)
+    except ValueError as exc:
+        fail(str(exc))
     results = out or f"results/{cfg.name}"
-    cells = unique_cells(cfg)
     store = ResultsStore(results)
     current = {c.key: is_current(store, c) for c in cells}
     finished = sum(current.values())
     stale = sum(store.has(c.key) and not current[c.key] for c in cells)
-    console.print(f"{cfg.name}: {len(cells)} cells, {finished} finished, results in {results}")
+    selected = f" selected by --only ({'; '.join(only)})" if only else ""
+    console.print(f"{cfg.name}: {len(cells)} cells{selected}, {finished} finished, results in {results}")
     if stale:
         console.print(f"[yellow]note:[/] {stale} finished cell(s) were trained with other hyper-parameters "
                       "(a method default changed since): they run again")
@@ -419,7 +429,7 @@ def run_cmd(
             console.print(f"  {'done ' if current[c.key] else 'to do'}  {c.key}  {c.describe()}")
         return
     try:
-        summary = run_grid(cfg, results, jobs=jobs, progress=ConsoleProgress())
+        summary = run_grid(cfg, results, jobs=jobs, progress=ConsoleProgress(), only=only)
     except StoreLocked as exc:
         fail(str(exc))
     console.print(

@@ -26,7 +26,7 @@ import numpy as np
 from cmhash.data import scenarios
 from cmhash.data.dataset import CrossModalDataset
 from cmhash.data.protocols import load_dataset
-from cmhash.experiments.config import ExperimentConfig, method_availability
+from cmhash.experiments.config import SCENARIO_AXES, ExperimentConfig, method_availability
 from cmhash.experiments.grid import Cell, expand
 from cmhash.experiments.measure import measure
 from cmhash.experiments.store import ResultsStore
@@ -54,12 +54,60 @@ class RunSummary:
         return not self.failed and self.skipped + self.done == self.total
 
 
-def unique_cells(config: ExperimentConfig) -> list[Cell]:
-    """The grid without repeated keys (the same spec under two labels runs once)."""
+def unique_cells(config: ExperimentConfig, only: tuple[str, ...] | list[str] = ()) -> list[Cell]:
+    """The grid without repeated keys (the same spec under two labels runs once); with ``only``,
+    just the cells :func:`cell_filter` selects."""
+    keep = cell_filter(only)
     out: dict[str, Cell] = {}
     for cell in expand(config):
-        out.setdefault(cell.key, cell)
+        if keep(cell):
+            out.setdefault(cell.key, cell)
     return list(out.values())
+
+
+ONLY_FIELDS = ("method", "dataset", "bits", "seed", *SCENARIO_AXES)
+
+
+def _cell_values(cell: Cell, name: str) -> set[str]:
+    """The values ``--only name=...`` matches for ``cell`` (a method or dataset by name or label)."""
+    if name == "method":
+        return {cell.method.name, cell.method.label}
+    if name == "dataset":
+        return {cell.dataset.name, cell.dataset.label}
+    if name in ("bits", "seed"):
+        return {str(getattr(cell, name))}
+    return {str(cell.scenario_dict[name])}
+
+
+def cell_filter(only: tuple[str, ...] | list[str] = ()):
+    """A predicate on cells from ``FIELD=VALUE[,VALUE...]`` terms (e.g. ``bits=16,32``,
+    ``method=DGHDGH (30 ep.)``, ``seed=1``): a cell is kept if, for every field named, one of the
+    values matches. Fields: method and dataset (name or label), bits, seed, the scenario axes."""
+    wanted: dict[str, set[str]] = {}
+    for term in only:
+        name, sep, values = str(term).partition("=")
+        name = name.strip()
+        if not sep or not values.strip():
+            raise ValueError(f"--only {term!r}: expected FIELD=VALUE, e.g. bits=16 or "
+                             f"method=DCGH; fields: {', '.join(ONLY_FIELDS)}")
+        if name not in ONLY_FIELDS:
+            raise ValueError(f"--only {term!r}: unknown field {name!r}; fields: {', '.join(ONLY_FIELDS)}")
+        wanted.setdefault(name, set()).update(v.strip() for v in values.split(","))
+    return lambda cell: all(_cell_values(cell, name) & values for name, values in wanted.items())
+
+
+def check_selection(config: ExperimentConfig, only: tuple[str, ...] | list[str]) -> None:
+    """Raise ValueError, naming the values the grid has, for an ``only`` value no cell matches
+    (a misspelt label would otherwise select nothing and run nothing, silently)."""
+    cells = expand(config)
+    for term in only:
+        name, _, values = str(term).partition("=")
+        name = name.strip()
+        have = set().union(*(_cell_values(c, name) for c in cells)) if cells else set()
+        for value in (v.strip() for v in values.split(",")):
+            if value not in have:
+                raise ValueError(f"--only {term!r}: no cell has {name} {value!r}; the grid has "
+                                 + ", ".join(repr(v) for v in sorted(have)))
 
 
 def cell_method(cell: Cell):
@@ -98,13 +146,16 @@ def run_grid(
     *,
     jobs: int = 1,
     progress: Progress | None = None,
+    only: tuple[str, ...] | list[str] = (),
 ) -> RunSummary:
-    """Run every unfinished cell of ``config`` into the results folder ``out``."""
+    """Run every unfinished cell of ``config`` (those ``only`` selects: :func:`cell_filter`) into
+    the results folder ``out``."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    cell_filter(only)  # a malformed term fails before anything is written
     progress = ensure_progress(progress)
     store = ResultsStore(out)
-    cells = unique_cells(config)
+    cells = unique_cells(config, only)
     start = time.perf_counter()
     with store.lock():
         store.remove_stray_temps()
