@@ -277,6 +277,26 @@ def test_save_load_round_trip(tmp_path, ids):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db.index.npz"]  # no temp files left
 
 
+def test_early_sync_of_large_files_writes_the_same_bytes(tmp_path, monkeypatch):
+    # files of >= 8 MiB are fsynced before the CRCs are awaited; forced here on a small index
+    from cmhash.index import _store
+
+    rng = np.random.default_rng(12)
+    index = HammingIndex.from_codes(tied_codes(rng, 500, 72), ids=rng.permutation(500))
+    synced = []
+    real_fsync = _store.os.fsync
+    monkeypatch.setattr(_store.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    plain = index.save(tmp_path / "plain.npz").read_bytes()
+    n_plain = len(synced)  # the temp file once, its folder once
+    monkeypatch.setattr(_store, "_EARLY_SYNC_BYTES", 0)
+    early = index.save(tmp_path / "early.npz")
+    assert len(synced) - n_plain == n_plain + 1 and early.read_bytes() == plain
+    loaded = HammingIndex.load(early)  # CRCs verified
+    np.testing.assert_array_equal(loaded.ids, index.ids)
+    with zipfile.ZipFile(early) as zf:
+        assert zf.testzip() is None  # the zip's own CRCs, patched in after the early sync
+
+
 def test_info_must_be_json_ready(tmp_path):
     index = HammingIndex(8, info={"when": object()})
     with pytest.raises(ValueError, match="info must be JSON-ready"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zipfile
 import zlib
@@ -50,8 +51,12 @@ def _payload(arr: np.ndarray) -> memoryview:
     return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
 
 
-def _write_member(fh: BinaryIO, name: str, header: bytes, payload: memoryview, pool) -> tuple[int, int, int]:
-    """Write one stored zip member; return (local header offset, size, crc)."""
+_EARLY_SYNC_BYTES = 8 << 20  # from this many payload bytes, flush them to disk while the CRCs finish
+
+
+def _write_member(fh: BinaryIO, name: str, header: bytes, payload: memoryview, pool):
+    """Write one stored zip member with a zero CRC; return (local header offset, size, future
+    of its CRC), the CRC computed by a thread while the bytes are written."""
     offset = fh.tell()
     size = len(header) + len(payload)
     crc_job = pool.submit(lambda: zlib.crc32(payload, zlib.crc32(header)))  # zlib releases the GIL
@@ -62,30 +67,46 @@ def _write_member(fh: BinaryIO, name: str, header: bytes, payload: memoryview, p
     fh.write(_ZIP64_EXTRA_LOCAL.pack(1, 16, size, size))
     fh.write(header)
     fh.write(payload)
-    crc = crc_job.result()
-    end = fh.tell()
-    fh.seek(offset + 14)  # the CRC field of the local header
+    return offset, size, crc_job
+
+
+def _set_crc(fh: BinaryIO, offset: int, crc: int) -> None:
+    """Fill in the CRC field of the local header at ``offset``, then return to the end."""
+    end = fh.seek(0, io.SEEK_END)
+    fh.seek(offset + 14)
     fh.write(struct.pack("<I", crc))
     fh.seek(end)
-    return offset, size, crc
 
 
 def write(path: str | Path, arrays: Mapping[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write ``arrays`` and ``meta`` atomically; ``meta["checksums"]`` gets each array's CRC."""
+    """Write ``arrays`` and ``meta`` atomically; ``meta["checksums"]`` gets each array's CRC.
+
+    Large files are fsynced once before the CRCs are awaited, so the disk writes the bytes while
+    the CRC thread finishes; the final fsync (:func:`cmhash.io.atomic_write`) then covers only the
+    headers, the metadata and the zip directory."""
     if META_KEY in arrays:
         raise ValueError(f"array name '{META_KEY}' is reserved")
     entries = []
     with atomic_write(path) as fh, ThreadPoolExecutor(1) as pool:
-        checksums = {}
+        pending = []
         for name, arr in arrays.items():
             arr = np.asarray(arr)
             if arr.dtype == object:
                 raise ValueError(f"array '{name}' has dtype object; only plain numeric arrays are saved")
-            offset, size, crc = _write_member(fh, name + ".npy", _npy_header(arr), _payload(arr), pool)
+            pending.append((name, *_write_member(fh, name + ".npy", _npy_header(arr), _payload(arr), pool)))
+        if fh.tell() >= _EARLY_SYNC_BYTES:
+            fh.flush()
+            os.fsync(fh.fileno())
+        checksums = {}
+        for name, offset, size, crc_job in pending:
+            crc = crc_job.result()
+            _set_crc(fh, offset, crc)
             entries.append((name + ".npy", offset, size, crc))
             checksums[name] = crc_text(crc)
         record = np.frombuffer(json.dumps({**meta, "checksums": checksums}, sort_keys=True).encode(), np.uint8)
-        offset, size, crc = _write_member(fh, META_KEY + ".npy", _npy_header(record), _payload(record), pool)
+        offset, size, crc_job = _write_member(fh, META_KEY + ".npy", _npy_header(record), _payload(record), pool)
+        crc = crc_job.result()
+        _set_crc(fh, offset, crc)
         entries.append((META_KEY + ".npy", offset, size, crc))
         directory = fh.tell()
         for name, offset, size, crc in entries:
