@@ -394,7 +394,7 @@ def run_cmd(
 ) -> None:
     """Fill a config's grid of runs; re-running skips finished cells (safe to interrupt)."""
     from cmhash.experiments.config import ConfigError, load_config, method_availability
-    from cmhash.experiments.runner import check_selection, is_current, run_grid, unique_cells
+    from cmhash.experiments.runner import is_current, run_grid, unique_cells
     from cmhash.experiments.store import ResultsStore, StoreLocked
     from cmhash.progress import ConsoleProgress
 
@@ -407,7 +407,6 @@ def run_cmd(
     only = tuple(only or ())
     try:
         cells = unique_cells(cfg, only)
-        check_selection(cfg, only)
     except ValueError as exc:
         fail(str(exc))
     results = out or f"results/{cfg.name}"

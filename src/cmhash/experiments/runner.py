@@ -56,11 +56,19 @@ class RunSummary:
 
 def unique_cells(config: ExperimentConfig, only: tuple[str, ...] | list[str] = ()) -> list[Cell]:
     """The grid without repeated keys (the same spec under two labels runs once); with ``only``,
-    just the cells :func:`cell_filter` selects."""
-    keep = cell_filter(only)
+    just the cells it selects (:func:`parse_only`; a value no cell has raises ValueError naming
+    the values the grid has, since a misspelt label would otherwise run nothing, silently)."""
+    wanted = parse_only(only)
+    cells = expand(config)
+    for name, values in wanted.items():
+        have = set().union(*(_cell_values(c, name) for c in cells))
+        missing = sorted(values - have)
+        if missing:
+            raise ValueError(f"--only {name}={missing[0]}: no cell has {name} {missing[0]!r}; the grid has "
+                             + ", ".join(repr(v) for v in sorted(have)))
     out: dict[str, Cell] = {}
-    for cell in expand(config):
-        if keep(cell):
+    for cell in cells:
+        if all(_cell_values(cell, name) & values for name, values in wanted.items()):
             out.setdefault(cell.key, cell)
     return list(out.values())
 
@@ -79,10 +87,10 @@ def _cell_values(cell: Cell, name: str) -> set[str]:
     return {str(cell.scenario_dict[name])}
 
 
-def cell_filter(only: tuple[str, ...] | list[str] = ()):
-    """A predicate on cells from ``FIELD=VALUE[,VALUE...]`` terms (e.g. ``bits=16,32``,
-    ``method=DGHDGH (30 ep.)``, ``seed=1``): a cell is kept if, for every field named, one of the
-    values matches. Fields: method and dataset (name or label), bits, seed, the scenario axes."""
+def parse_only(only: tuple[str, ...] | list[str] = ()) -> dict[str, set[str]]:
+    """``FIELD=VALUE[,VALUE...]`` terms (e.g. ``bits=16,32``, ``method=DGHDGH (30 ep.)``) as
+    field -> accepted values: a cell is selected if, for every field named, one of its values is
+    accepted. Fields: method and dataset (name or label), bits, seed, the scenario axes."""
     wanted: dict[str, set[str]] = {}
     for term in only:
         name, sep, values = str(term).partition("=")
@@ -93,21 +101,7 @@ def cell_filter(only: tuple[str, ...] | list[str] = ()):
         if name not in ONLY_FIELDS:
             raise ValueError(f"--only {term!r}: unknown field {name!r}; fields: {', '.join(ONLY_FIELDS)}")
         wanted.setdefault(name, set()).update(v.strip() for v in values.split(","))
-    return lambda cell: all(_cell_values(cell, name) & values for name, values in wanted.items())
-
-
-def check_selection(config: ExperimentConfig, only: tuple[str, ...] | list[str]) -> None:
-    """Raise ValueError, naming the values the grid has, for an ``only`` value no cell matches
-    (a misspelt label would otherwise select nothing and run nothing, silently)."""
-    cells = expand(config)
-    for term in only:
-        name, _, values = str(term).partition("=")
-        name = name.strip()
-        have = set().union(*(_cell_values(c, name) for c in cells)) if cells else set()
-        for value in (v.strip() for v in values.split(",")):
-            if value not in have:
-                raise ValueError(f"--only {term!r}: no cell has {name} {value!r}; the grid has "
-                                 + ", ".join(repr(v) for v in sorted(have)))
+    return wanted
 
 
 def cell_method(cell: Cell):
@@ -148,14 +142,13 @@ def run_grid(
     progress: Progress | None = None,
     only: tuple[str, ...] | list[str] = (),
 ) -> RunSummary:
-    """Run every unfinished cell of ``config`` (those ``only`` selects: :func:`cell_filter`) into
+    """Run every unfinished cell of ``config`` (those ``only`` selects: :func:`unique_cells`) into
     the results folder ``out``."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    cell_filter(only)  # a malformed term fails before anything is written
+    cells = unique_cells(config, only)  # a bad selection fails before anything is written
     progress = ensure_progress(progress)
     store = ResultsStore(out)
-    cells = unique_cells(config, only)
     start = time.perf_counter()
     with store.lock():
         store.remove_stray_temps()
