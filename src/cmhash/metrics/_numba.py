@@ -98,22 +98,24 @@ def _count_any_words(qw, dw, qm, dm, qi, words, buf, rel_one, irr_one):
     return cnt
 
 
+@njit(inline="always", nogil=True)
+def _rank_and_hit(v, below_all, below_rel, dist_bits, count_bits):
+    """The stable rank and hit number of the relevant item whose record (bucket word as it was
+    before the item: d, Q_i, I_i) is ``v``, from the exclusive prefix sums of the buckets."""
+    d = v & ((1 << dist_bits) - 1)
+    q = (v >> dist_bits) & ((1 << count_bits) - 1)
+    return below_all[d] + q + (v >> (dist_bits + count_bits)) + 1, below_rel[d] + q + 1
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _ap_terms(recs, below_all, below_rel, dist_bits, count_bits, k, ap_scale):
     """(R_k, fixed-point sum of hit/rank over the relevant items with rank <= k) from the
     records: no stores and no division check (error_model "numpy"; ranks are >= 1), so LLVM
     vectorises the divisions. Each term is rounded exactly as the numpy path rounds it."""
-    dmask = (1 << dist_bits) - 1
-    cmask = (1 << count_bits) - 1
-    i_shift = dist_bits + count_bits
     rk = 0
     s = 0
     for t in range(recs.shape[0]):
-        v = recs[t]
-        d = v & dmask
-        q = (v >> dist_bits) & cmask
-        rank = below_all[d] + q + (v >> i_shift) + 1
-        hit = below_rel[d] + q + 1
+        rank, hit = _rank_and_hit(recs[t], below_all, below_rel, dist_bits, count_bits)
         ok = rank <= k
         rk += ok
         term = np.int64(np.rint(hit / rank * ap_scale))
@@ -150,12 +152,9 @@ def _relevant_ranks(qw, dw, qm, dm, qi, nbits, dist_bits, count_bits, k, ap_scal
     recs = buf[:r_all]
     rk, s = _ap_terms(recs, below_all, below_rel, dist_bits, count_bits, k, ap_scale)
     if want_ranks:  # hit numbers are a permutation of 1..R: place each rank at its hit
-        dmask = (1 << dist_bits) - 1
         for t in range(r_all):
-            v = recs[t]
-            d = v & dmask
-            q = (v >> dist_bits) & cmask
-            ranks[below_rel[d] + q] = below_all[d] + q + (v >> i_shift) + 1
+            rank, hit = _rank_and_hit(recs[t], below_all, below_rel, dist_bits, count_bits)
+            ranks[hit - 1] = rank
     return r_all, rk, s
 
 
