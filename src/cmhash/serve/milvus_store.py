@@ -97,16 +97,14 @@ class MilvusItemStore:
         nothing is written."""
         if not items:
             return 0, 0
-        kind = check_items(items, self.nbytes)
+        stored_kind = self.id_kind
+        kind = check_items(items, self.nbytes, stored_kind)
         for item in items:
             if kind == "str" and (len(item.id.encode()) > MAX_STR_ID or (self._main.lite and "'" in item.id)):
                 raise ValueError(f"id {item.id[:40]!r}: string ids are at most {MAX_STR_ID} bytes"
                                  + (" and, on Milvus Lite, without a single quote" if self._main.lite else ""))
             if item.payload is not None:
                 json.dumps(item.payload, allow_nan=False)
-        stored_kind = self.id_kind
-        if stored_kind is not None and stored_kind != kind:
-            raise ValueError(f"ids: this store holds {stored_kind} ids, got {kind} ids")
         ids = [item.id for item in items]
         present = self._rows(ids, [])
         stored = [i for i in ids if i in present]

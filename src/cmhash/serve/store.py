@@ -127,10 +127,8 @@ class ItemStore:
         """
         if not items:
             return 0, 0
-        kind = check_items(items, self.nbytes)
         stored_kind = self.id_kind
-        if stored_kind is not None and stored_kind != kind:
-            raise ValueError(f"ids: this store holds {stored_kind} ids, got {kind} ids")
+        kind = check_items(items, self.nbytes, stored_kind)
         replaced = 0
         with self._lock, self._transaction():
             if stored_kind is None:
@@ -179,8 +177,9 @@ class _Transaction:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def check_items(items: Sequence[Item], nbytes: int) -> str:
-    """The id kind ("int" or "str") of a write's items, checked: one kind, codes of ``nbytes`` bytes."""
+def check_items(items: Sequence[Item], nbytes: int, stored_kind: str | None) -> str:
+    """The id kind ("int" or "str") of a write's items, checked: one kind, the kind the store
+    holds (``stored_kind``; None: empty store), codes of ``nbytes`` bytes."""
     kind = _id_kind(items[0].id)
     for item in items:
         if _id_kind(item.id) != kind:
@@ -188,6 +187,8 @@ def check_items(items: Sequence[Item], nbytes: int) -> str:
         for m, code in item.codes.items():
             if code is not None and len(code) != nbytes:
                 raise ValueError(f"item {item.id!r}: {m} code of {len(code)} bytes, expected {nbytes}")
+    if stored_kind is not None and stored_kind != kind:
+        raise ValueError(f"ids: this store holds {stored_kind} ids, got {kind} ids")
     return kind
 
 
