@@ -386,11 +386,11 @@ class IDGH(DeepHashingMethod):
         and its synthetic sample s (what the triplet loss sees, beside the margin). Drawn with a
         generator of its own, so the training's random stream is untouched."""
         gen = torch.Generator(device=ctx.device).manual_seed(0x1D6 + ctx.epoch)
-        labels = ctx.data["labels"]
+        labels, samples = ctx.data["labels"], int(ctx.hparams["aug_num"])
         for m in ("image", "text"):
             aug = synthesize(codes[m], self.item_roots(ctx, m, labels), eta, generator=gen)
-            real = codes[m].repeat(int(ctx.hparams["aug_num"]), 1)
-            dist = (1.0 - torch.nn.functional.cosine_similarity(real, aug, dim=1)).reshape(int(ctx.hparams["aug_num"]), -1).mean(dim=1)
+            real = codes[m].repeat(samples, 1)
+            dist = (1.0 - torch.nn.functional.cosine_similarity(real, aug, dim=1)).reshape(samples, -1).mean(dim=1)
             for s, value in enumerate(dist.tolist(), 1):
                 diag[f"syn_cos_dist_{m}_s{s}"] = round(value, 6)
 
