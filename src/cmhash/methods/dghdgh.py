@@ -459,8 +459,10 @@ class GlobalSenseSynthesis(LossPlugin):
                 out[(u, v)] = (lam, logits_u)
         return out
 
-    def _ratios(self, dist: torch.Tensor, pos: torch.Tensor, t_a, t_p, t_n) -> torch.Tensor:
-        """rho = d+ / d- per triplet (d clamped at 1e-6 as the code does)."""
+    def _ratios(self, hu: torch.Tensor, hv: torch.Tensor, pos: torch.Tensor, t_a, t_p, t_n) -> torch.Tensor:
+        """rho = d+ / d- per triplet, d the Euclidean distances between the embeddings ``hu`` and
+        ``hv`` clamped at 1e-6 as the code does."""
+        dist = torch.cdist(hu, hv).clamp_min(1e-6)
         if self.config["d_pos"] == "triplet":
             d_pos = dist[t_a, t_p]
         else:
@@ -486,7 +488,7 @@ class GlobalSenseSynthesis(LossPlugin):
             pos, _, t_a, t_p, t_n = trip[u == v]
             sim = F.normalize(emb[u], dim=1) @ F.normalize(emb[v], dim=1).T
             s_ap, s_real = sim[t_a, t_p], sim[t_a, t_n]
-            rho = self._ratios(torch.cdist(emb[u], emb[v]).clamp_min(1e-6), pos, t_a, t_p, t_n)
+            rho = self._ratios(emb[u], emb[v], pos, t_a, t_p, t_n)
             use = rho < 1.0
             terms = PairTerms(emb[u], emb[v], lam.detach() * tau)
             s_syn = terms.cosine(t_a, t_n, torch.where(use, rho, torch.zeros_like(rho)))
@@ -530,7 +532,7 @@ class GlobalSenseSynthesis(LossPlugin):
             lam, logits_u = props[(u, v)]
             pos, _, t_a, t_p, t_n = trip[u == v]
             hu, hv = emb[u], emb[v]
-            rho = self._ratios(torch.cdist(hu, hv).clamp_min(1e-6), pos, t_a, t_p, t_n)
+            rho = self._ratios(hu, hv, pos, t_a, t_p, t_n)
             use = rho < 1.0
             # means over all triplets; where d+ >= d- the real negative stands in (no gradient)
             syn, real = use.nonzero().squeeze(1), (~use).nonzero().squeeze(1)
