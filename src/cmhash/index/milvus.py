@@ -322,9 +322,12 @@ class MilvusIndex:
             )
 
     def __len__(self) -> int:
-        if not self._ready():
-            return 0
-        rows = self._call("count", self._live().query, self.collection, filter=self._filter(), output_fields=["count(*)"])
+        return self._count() if self._ready() else 0
+
+    def _count(self, *, every_row: bool = False) -> int:
+        """Rows in the collection (``every_row``: also those a view's ``present_field`` hides)."""
+        rows = self._call("count", self._live().query, self.collection, filter="" if every_row else self._filter(),
+                          output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
     def __repr__(self) -> str:
@@ -438,13 +441,19 @@ class MilvusIndex:
 
     def _present(self, ids: np.ndarray) -> list[Any]:
         """Which of ``ids`` are in the collection."""
-        found: list[Any] = []
-        id_list = ids.tolist()
-        for start in range(0, len(id_list), self.insert_batch):
-            chunk = id_list[start : start + self.insert_batch]
-            rows = self._call("query", self._live().query, self.collection, filter=self._filter(self._id_filter(chunk)), output_fields=["id"])
-            found += [r["id"] for r in rows]
-        return found
+        return list(self._rows_by_id(ids.tolist(), []))
+
+    def _rows_by_id(self, ids: list, fields: list[str], *, every_row: bool = False) -> dict[Any, dict]:
+        """id -> row (the id and ``fields``) of those of ``ids`` in the collection, queried
+        ``insert_batch`` ids at a time (``every_row``: also rows a view's ``present_field`` hides)."""
+        rows: dict[Any, dict] = {}
+        uniq = list(dict.fromkeys(ids))
+        for start in range(0, len(uniq), self.insert_batch):
+            expr = self._id_filter(uniq[start : start + self.insert_batch])
+            got = self._call("query", self._live().query, self.collection,
+                             filter=expr if every_row else self._filter(expr), output_fields=["id", *fields])
+            rows.update((r["id"], r) for r in got)
+        return rows
 
     def _fetch(self, ids: Any, fields: list[str]) -> tuple[list[Any], dict[Any, dict]]:
         arr = as_id_array(ids)
@@ -452,13 +461,7 @@ class MilvusIndex:
         asked = arr.tolist()
         if not asked or not self._ready():
             return asked, {}
-        rows: dict[Any, dict] = {}
-        uniq = list(dict.fromkeys(asked))
-        for start in range(0, len(uniq), self.insert_batch):
-            chunk = uniq[start : start + self.insert_batch]
-            got = self._call("query", self._live().query, self.collection, filter=self._filter(self._id_filter(chunk)), output_fields=["id", *fields])
-            rows.update((r["id"], r) for r in got)
-        return asked, rows
+        return asked, self._rows_by_id(asked, fields)
 
     def _payload_of(self, row: dict) -> Payload | None:
         if not self._with_payloads or not row.get("has_payload"):
@@ -475,8 +478,8 @@ class MilvusIndex:
             if row is None:
                 out.append(None)
                 continue
-            code = row[self.code_field][0] if isinstance(row[self.code_field], list) else row[self.code_field]
-            out.append({"id": i, "code": np.frombuffer(code, dtype=np.uint8).copy(), "payload": self._payload_of(row)})
+            code = np.frombuffer(code_bytes(row[self.code_field]), dtype=np.uint8).copy()
+            out.append({"id": i, "code": code, "payload": self._payload_of(row)})
         return out
 
     def payloads(self, ids: Any) -> list[Payload | None]:
@@ -572,6 +575,11 @@ class MilvusIndex:
             ids += h_ids
             dists.append(h_dist)
         return ids, np.concatenate(dists) if dists else np.empty(0, dtype=np.uint16)
+
+
+def code_bytes(value: Any) -> bytes:
+    """A BINARY_VECTOR field of a queried row as bytes (pymilvus returns it in a one-item list)."""
+    return bytes(value[0] if isinstance(value, list) else value)
 
 
 def _described(description: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cmhash.data.dataset import MODALITIES
-from cmhash.index.milvus import MAX_STR_ID, MilvusIndex, _pymilvus
+from cmhash.index.milvus import MAX_STR_ID, MilvusIndex, _pymilvus, code_bytes
 from cmhash.serve.service import SearchService
 from cmhash.serve.store import Item, _id_kind, check_items
 
@@ -58,23 +58,13 @@ class MilvusItemStore:
         return self._main.id_type
 
     def __len__(self) -> int:
-        if not self._main._ready():
-            return 0
-        rows = self._main._call("count", self._main._live().query, self.collection, filter="", output_fields=["count(*)"])
-        return int(rows[0]["count(*)"])
+        return self._main._count(every_row=True) if self._main._ready() else 0
 
     def _rows(self, ids: list, fields: list[str]) -> dict[Any, dict]:
         if not ids or not self._main._ready():
             return {}
         kind = self._main.id_type
-        keep = [i for i in dict.fromkeys(ids) if _id_kind(i) == kind]
-        rows: dict[Any, dict] = {}
-        for start in range(0, len(keep), 1000):
-            chunk = keep[start : start + 1000]
-            got = self._main._call("query", self._main._live().query, self.collection,
-                                   filter=self._main._id_filter(chunk), output_fields=["id", *fields])
-            rows.update((r["id"], r) for r in got)
-        return rows
+        return self._main._rows_by_id([i for i in ids if _id_kind(i) == kind], fields, every_row=True)
 
     def get(self, ids: Sequence[int | str]) -> list[Item | None]:
         """The stored item of each id (None where absent)."""
@@ -86,7 +76,7 @@ class MilvusItemStore:
             if row is None:
                 out.append(None)
                 continue
-            codes = {m: (_bytes(row[m]) if row[f"has_{m}"] else None) for m in MODALITIES}
+            codes = {m: (code_bytes(row[m]) if row[f"has_{m}"] else None) for m in MODALITIES}
             out.append(Item(item_id, codes, row["payload"] if row["has_payload"] else None))
         return out
 
@@ -168,10 +158,6 @@ class MilvusItemStore:
         self._orm = None
         for index in self.indexes.values():
             index.close()
-
-
-def _bytes(value: Any) -> bytes:
-    return bytes(value[0] if isinstance(value, list) else value)
 
 
 class MilvusSearchService(SearchService):
