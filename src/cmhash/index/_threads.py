@@ -15,9 +15,7 @@ import threading
 
 
 class _Batch:
-    """The tasks of one kernel call. The caller and the helper threads claim them one at a time,
-    so the caller never waits idle for a helper to wake up: a task no helper has taken yet, it
-    runs itself (under load a helper can take milliseconds to be scheduled)."""
+    """The tasks of one kernel call, claimed one at a time by the caller and the helper threads."""
 
     def __init__(self, tasks):
         self.tasks = tasks
@@ -83,9 +81,8 @@ if hasattr(os, "register_at_fork"):
 
 def run_tasks(tasks, threads: int | None = None) -> list:
     """Run the zero-argument ``tasks`` on ``threads`` threads (default: one per task), the
-    calling thread being one of them; the results in task order. The kernels release the GIL.
-    Helper threads are kept for reuse (starting threads on every call cost as much as a small
-    scan); a plain queue instead of numba's parallel=True keeps compilation to seconds."""
+    calling thread being one of them; the results in task order (the kernels release the GIL;
+    why helpers are kept and shared: the module docstring)."""
     threads = len(tasks) if threads is None else min(int(threads), len(tasks))
     if threads <= 1:
         return [task() for task in tasks]
